@@ -1,0 +1,220 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/netdoctor/netdoctor/internal/lab/proc"
+	"github.com/netdoctor/netdoctor/internal/namespace"
+)
+
+// DownReport says what Down removed.
+type DownReport struct {
+	Stopped    []string // processes stopped (name pid)
+	Namespaces []string // namespaces deleted
+	RootLink   bool     // the root link was deleted
+	StateDir   string   // removed state directory, if any
+}
+
+// Down removes a lab: its processes (from its proc state files, and every process still
+// running inside one of its namespaces), its namespaces (from the state file and by the name
+// prefix), its root link and its state directory. It is idempotent and works on a half-built
+// or crashed lab. stateRoot "" means DefaultStateRoot().
+func Down(name, stateRoot string) (*DownReport, error) {
+	if !nameRE.MatchString(name) {
+		return nil, fmt.Errorf("lab name %q is not a lab name", name)
+	}
+	if stateRoot == "" {
+		stateRoot = DefaultStateRoot()
+	}
+	c := Config{Name: name, StateRoot: stateRoot}
+	dir := c.StateDir()
+	rep := &DownReport{}
+	var errs []error
+
+	st, err := LoadState(dir)
+	if err != nil && !errors.Is(err, ErrNoLab) {
+		errs = append(errs, err)
+	}
+
+	// 1. Processes recorded by proc, stopped in parallel (SIGTERM, then SIGKILL).
+	infos, _ := proc.LoadDir(ProcDir(dir))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, in := range infos {
+		wg.Add(1)
+		go func(in *proc.Info) {
+			defer wg.Done()
+			alive := proc.Alive(in)
+			if err := proc.Stop(in, 3*time.Second); err != nil && !errors.Is(err, proc.ErrNotOurs) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("stop %s (pid %d): %w", in.Name, in.PID, err))
+				mu.Unlock()
+				return
+			}
+			if alive {
+				mu.Lock()
+				rep.Stopped = append(rep.Stopped, fmt.Sprintf("%s %d", in.Name, in.PID))
+				mu.Unlock()
+			}
+		}(in)
+	}
+	wg.Wait()
+
+	// 2. Namespaces: those recorded and those carrying the lab's prefix.
+	nsSet := map[string]bool{}
+	if st != nil {
+		for _, n := range st.Namespaces {
+			nsSet[n] = true
+		}
+	}
+	owned, err := ListOwnedNetns(name)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, n := range owned {
+		nsSet[n] = true
+	}
+	names := make([]string, 0, len(nsSet))
+	for n := range nsSet {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+
+	// 3. Any process still inside one of those namespaces is a lab process (pods, stragglers).
+	stopped, err := killInNamespaces(names)
+	rep.Stopped = append(rep.Stopped, stopped...)
+	if err != nil {
+		errs = append(errs, err)
+	}
+
+	for _, n := range names {
+		if !namespace.Exists(n) {
+			continue
+		}
+		if err := namespace.Delete(n); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rep.Namespaces = append(rep.Namespaces, n)
+	}
+
+	// 4. The root link (deleting the hub namespace usually took its peer, and it, already).
+	if err := DeleteRootLink(name); err != nil {
+		errs = append(errs, err)
+	}
+
+	// 5. Host mountpoint directories made for pod bind mounts, if still empty.
+	if st != nil {
+		for i := len(st.Mountpoints) - 1; i >= 0; i-- {
+			_ = os.Remove(st.Mountpoints[i]) // only removes empty directories
+		}
+	}
+
+	// 6. The state directory.
+	if _, err := os.Stat(dir); err == nil {
+		if len(errs) == 0 {
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, fmt.Errorf("remove lab state %s: %w", dir, err))
+			} else {
+				rep.StateDir = dir
+			}
+		}
+	}
+	return rep, errors.Join(errs...)
+}
+
+// killInNamespaces sends SIGTERM, then SIGKILL after a grace period, to every process whose
+// network namespace is one of the named ones, and waits until they are gone.
+func killInNamespaces(names []string) ([]string, error) {
+	inodes := map[uint64]string{}
+	for _, n := range names {
+		var st syscall.Stat_t
+		if err := syscall.Stat(NetnsPath(n), &st); err == nil {
+			inodes[st.Ino] = n
+		}
+	}
+	if len(inodes) == 0 {
+		return nil, nil
+	}
+	find := func() map[int]string {
+		out := map[int]string{}
+		ents, _ := os.ReadDir("/proc")
+		self := os.Getpid()
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == self {
+				continue
+			}
+			link, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net"))
+			if err != nil {
+				continue
+			}
+			ino, ok := parseNsLink(link)
+			if !ok {
+				continue
+			}
+			if n, ok := inodes[ino]; ok {
+				out[pid] = n
+			}
+		}
+		return out
+	}
+	procs := find()
+	if len(procs) == 0 {
+		return nil, nil
+	}
+	var stopped []string
+	for pid, n := range procs {
+		stopped = append(stopped, fmt.Sprintf("pid %d in %s", pid, n))
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if len(find()) == 0 {
+			return stopped, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for pid := range find() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline = time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		left := find()
+		if len(left) == 0 {
+			return stopped, nil
+		}
+		// Zombies of ours (children of this process) need reaping.
+		for pid := range left {
+			var ws syscall.WaitStatus
+			_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	left := find()
+	if len(left) > 0 {
+		var l []string
+		for pid, n := range left {
+			l = append(l, fmt.Sprintf("%d (%s)", pid, n))
+		}
+		return stopped, fmt.Errorf("processes still running in lab namespaces after SIGKILL: %s", strings.Join(l, ", "))
+	}
+	return stopped, nil
+}
+
+// parseNsLink parses "net:[4026532281]".
+func parseNsLink(s string) (uint64, bool) {
+	s = strings.TrimPrefix(s, "net:[")
+	s = strings.TrimSuffix(s, "]")
+	v, err := strconv.ParseUint(s, 10, 64)
+	return v, err == nil
+}

@@ -1,0 +1,103 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// State is what a lab records about itself in its state directory (lab.json), written before
+// and after each step so that `lab down` finds everything even after a crash.
+type State struct {
+	Config     Config      `json:"config"`
+	Created    time.Time   `json:"created"`
+	Phase      string      `json:"phase"` // building, running
+	Namespaces []string    `json:"namespaces"`
+	RootLink   string      `json:"rootLink"`
+	Kubeconfig string      `json:"kubeconfig,omitempty"`
+	Nodes      []NodeState `json:"nodes"`
+	// Mountpoints are empty directories created on the host file system as bind-mount targets
+	// for pod processes (each inside its own mount namespace); `lab down` removes them if empty.
+	Mountpoints []string `json:"mountpoints,omitempty"`
+}
+
+// NodeState describes one lab node.
+type NodeState struct {
+	Name    string `json:"name"`
+	Netns   string `json:"netns"`
+	IP      string `json:"ip"`
+	PodCIDR string `json:"podCIDR,omitempty"`
+}
+
+// StateFile is the path of a lab's state file.
+func StateFile(stateDir string) string { return filepath.Join(stateDir, "lab.json") }
+
+// ProcDir is where proc state files of a lab's processes live.
+func ProcDir(stateDir string) string { return filepath.Join(stateDir, "procs") }
+
+// LogDir is where lab processes write their logs.
+func LogDir(stateDir string) string { return filepath.Join(stateDir, "logs") }
+
+// NodeDir is a node's state directory (kubelet state, IPAM, CRI socket, subnet.env).
+func NodeDir(stateDir, node string) string { return filepath.Join(stateDir, "nodes", node) }
+
+// ErrNoLab is returned (wrapped) when a lab has no state file.
+var ErrNoLab = errors.New("no such lab")
+
+// LoadState reads a lab's state file.
+func LoadState(stateDir string) (*State, error) {
+	b, err := os.ReadFile(StateFile(stateDir))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("read lab state %s: %w", StateFile(stateDir), ErrNoLab)
+		}
+		return nil, fmt.Errorf("read lab state: %w", err)
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("parse lab state %s: %w", StateFile(stateDir), err)
+	}
+	return &s, nil
+}
+
+// Save writes the state file atomically.
+func (s *State) Save() error {
+	dir := s.Config.StateDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create lab state directory: %w", err)
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode lab state: %w", err)
+	}
+	tmp := StateFile(dir) + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write lab state: %w", err)
+	}
+	if err := os.Rename(tmp, StateFile(dir)); err != nil {
+		return fmt.Errorf("write lab state: %w", err)
+	}
+	return nil
+}
+
+// Node returns the node state by name.
+func (s *State) Node(name string) (*NodeState, error) {
+	for i := range s.Nodes {
+		if s.Nodes[i].Name == name {
+			return &s.Nodes[i], nil
+		}
+	}
+	return nil, fmt.Errorf("lab %s has no node %q", s.Config.Name, name)
+}
+
+func (s *State) addNetns(name string) {
+	for _, n := range s.Namespaces {
+		if n == name {
+			return
+		}
+	}
+	s.Namespaces = append(s.Namespaces, name)
+}
