@@ -174,7 +174,9 @@ func DelPeer(h *netlink.Handle, p Peer) error {
 	}
 	idx := vx.Attrs().Index
 	var errs []error
-	ignore := func(err error) bool { return err == nil || errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENOENT) }
+	ignore := func(err error) bool {
+		return err == nil || errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENOENT)
+	}
 	if err := h.RouteDel(&netlink.Route{LinkIndex: idx, Dst: prefixNet(p.PodCIDR), Gw: net.IP(p.VtepIP().AsSlice())}); !ignore(err) {
 		errs = append(errs, fmt.Errorf("delete route %s: %w", p.PodCIDR, err))
 	}
