@@ -49,8 +49,8 @@ type ProbeSpec struct {
 	DNS         []DNSQuery   `json:"dns,omitempty"`
 	// PodMTU is the size of the DF probe packets; 0 = the MTU of the
 	// probing namespace's interface toward the target (the agent reads it).
-	PodMTU      int          `json:"podMTU,omitempty"`
-	OverlayPort int          `json:"overlayPort,omitempty"`
+	PodMTU      int `json:"podMTU,omitempty"`
+	OverlayPort int `json:"overlayPort,omitempty"`
 	// Endpoints are Service endpoints to check for a listener, by node.
 	Endpoints []EndpointTarget `json:"endpoints,omitempty"`
 }

@@ -285,8 +285,8 @@ func ruleKubeProxyNotCritical(in *Input, r *Rule) ([]finding.Finding, []finding.
 			pc = "(none)"
 		}
 		return []finding.Finding{r.finding("", "daemonset/"+ds.Key(), "kube-proxy's DaemonSet lacks priorityClassName system-node-critical: the kubelet may evict it when a node fills up, and every Service breaks on that node",
-			[]string{"DaemonSet " + ds.Key() + " spec.template.spec.priorityClassName: " + pc},
-			"kubectl -n kube-system patch daemonset "+ds.Name+` -p '{"spec":{"template":{"spec":{"priorityClassName":"system-node-critical"}}}}'; verify with kubectl -n kube-system get pods -l k8s-app=kube-proxy -o jsonpath='{..priorityClassName}'`)},
+				[]string{"DaemonSet " + ds.Key() + " spec.template.spec.priorityClassName: " + pc},
+				"kubectl -n kube-system patch daemonset "+ds.Name+` -p '{"spec":{"template":{"spec":{"priorityClassName":"system-node-critical"}}}}'; verify with kubectl -n kube-system get pods -l k8s-app=kube-proxy -o jsonpath='{..priorityClassName}'`)},
 			[]finding.Check{r.check("", finding.Fail, "")}
 	}
 	var fs []finding.Finding
