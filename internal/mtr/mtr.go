@@ -1,0 +1,590 @@
+// Package mtr traces the path to a host hop by hop the way mtr does: probes
+// (ICMP echo, UDP or TCP SYN) with increasing TTL, replies matched to
+// probes by ICMP id/sequence or by port, and per-hop Loss%, Snt, Last, Avg,
+// Best, Wrst and StDev, annotated with seed 002's rules for reading them.
+// It runs inside another network namespace when asked.
+package mtr
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netdoctor/netdoctor/internal/namespace"
+)
+
+// Protocol is the kind of probe.
+type Protocol string
+
+// Probe protocols.
+const (
+	ICMP Protocol = "icmp" // echo requests (mtr's default)
+	UDP  Protocol = "udp"  // datagrams to high ports (traceroute's default)
+	TCP  Protocol = "tcp"  // SYNs to a port (mtr --tcp)
+)
+
+// Options describe a trace.
+type Options struct {
+	Target   string        // host name or IPv4 address
+	Protocol Protocol      // icmp (default), udp or tcp
+	Port     int           // tcp: destination port (default 80); udp: first port (default 33434)
+	Count    int           // rounds (mtr -c), default 10
+	Interval time.Duration // between rounds (mtr -i), default 1s
+	Timeout  time.Duration // a probe unanswered this long is lost, default 2s
+	MaxHops  int           // mtr -m, default 30
+	Size     int           // mtr -s: bytes of the IP packet, default 64
+	Netns    string        // network namespace path; "" = current
+	Resolve  bool          // reverse-resolve hop addresses (mtr without -n)
+}
+
+type probe struct {
+	ttl   int
+	round int
+	sent  time.Time
+	done  bool
+	fd    int // tcp: the connecting socket, -1 when closed
+}
+
+type tracer struct {
+	opts   Options
+	dst    net.IP
+	id     uint16 // icmp echo id
+	mu     sync.Mutex
+	probes map[uint16]*probe
+	hops   map[int]*Hop // by TTL
+	icmp   map[int]string
+	seen   map[[2]int]bool // {ttl, round} that got a reply
+	dest   int // smallest TTL that reached the destination; 0 = not yet
+	seq    uint16
+	icmpFD int
+	udpFD  int
+	udpSrc uint16
+}
+
+func (o *Options) defaults() error {
+	if o.Protocol == "" {
+		o.Protocol = ICMP
+	}
+	switch o.Protocol {
+	case ICMP, UDP, TCP:
+	default:
+		return fmt.Errorf("unknown trace protocol %q: use icmp, udp or tcp", o.Protocol)
+	}
+	if o.Count <= 0 {
+		o.Count = 10
+	}
+	if o.Interval <= 0 {
+		o.Interval = time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.MaxHops <= 0 {
+		o.MaxHops = 30
+	}
+	if o.MaxHops > 255 {
+		return fmt.Errorf("max hops %d above 255", o.MaxHops)
+	}
+	if o.Size == 0 {
+		o.Size = 64
+	}
+	if o.Size < 28 || o.Size > 65000 {
+		return fmt.Errorf("packet size %d outside 28..65000", o.Size)
+	}
+	if o.Port == 0 {
+		if o.Protocol == TCP {
+			o.Port = 80
+		} else if o.Protocol == UDP {
+			o.Port = 33434
+		}
+	}
+	if o.Port < 0 || o.Port > 65535 {
+		return fmt.Errorf("port %d outside 1..65535", o.Port)
+	}
+	return nil
+}
+
+// Run traces opts.Target. After every round onRound (if not nil) gets the
+// report so far, for a live display. A cancelled context ends the trace
+// early and returns what was measured.
+func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	dst, err := resolveTarget(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	t := &tracer{opts: opts, dst: dst, id: uint16(rand.UintN(1 << 16)), probes: map[uint16]*probe{},
+		hops: map[int]*Hop{}, icmp: map[int]string{}, seen: map[[2]int]bool{}, seq: uint16(rand.UintN(1 << 16)), icmpFD: -1, udpFD: -1}
+	if err := namespace.Do(opts.Netns, t.openSockets); err != nil {
+		return nil, err
+	}
+	defer t.closeSockets()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() { defer wg.Done(); t.receive(stop) }()
+	defer func() { close(stop); wg.Wait() }()
+
+	rounds := 0
+	var lastSend time.Time
+	for r := 0; r < opts.Count && ctx.Err() == nil; r++ {
+		limit := opts.MaxHops
+		t.mu.Lock()
+		if t.dest > 0 {
+			limit = t.dest
+		}
+		t.mu.Unlock()
+		for ttl := 1; ttl <= limit && ctx.Err() == nil; ttl++ {
+			if err := t.send(ttl, r); err != nil {
+				return nil, err
+			}
+		}
+		lastSend = time.Now()
+		rounds++
+		if onRound != nil && r > 0 {
+			onRound(t.report(rounds, false))
+		}
+		if r < opts.Count-1 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(opts.Interval):
+			}
+		}
+	}
+	// Wait for the last replies (or their timeout).
+	deadline := lastSend.Add(opts.Timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil && t.pending(time.Now()) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rep := t.report(rounds, true)
+	if opts.Resolve {
+		resolveNames(ctx, opts.Netns, rep)
+	}
+	return rep, nil
+}
+
+func resolveTarget(ctx context.Context, o Options) (net.IP, error) {
+	if ip := net.ParseIP(o.Target); ip != nil {
+		if ip.To4() == nil {
+			return nil, fmt.Errorf("trace %s: only IPv4 is supported for now", o.Target)
+		}
+		return ip.To4(), nil
+	}
+	var ips []net.IP
+	err := namespace.Do(o.Netns, func() error {
+		var err error
+		ips, err = net.DefaultResolver.LookupIP(ctx, "ip4", o.Target)
+		return err
+	})
+	if err != nil || len(ips) == 0 {
+		return nil, fmt.Errorf("resolve %s: %w", o.Target, err)
+	}
+	return ips[0].To4(), nil
+}
+
+// openSockets runs inside the target namespace.
+func (t *tracer) openSockets() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return fmt.Errorf("open raw ICMP socket (needs root or CAP_NET_RAW): %w", err)
+	}
+	t.icmpFD = fd
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		return fmt.Errorf("enable receive timestamps: %w", err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	tv := unix.Timeval{Usec: 100000}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("set receive timeout: %w", err)
+	}
+	if t.opts.Protocol == UDP {
+		u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open UDP socket: %w", err)
+		}
+		t.udpFD = u
+		if err := unix.Bind(u, &unix.SockaddrInet4{}); err != nil {
+			return fmt.Errorf("bind UDP socket: %w", err)
+		}
+		sa, err := unix.Getsockname(u)
+		if err != nil {
+			return fmt.Errorf("UDP socket name: %w", err)
+		}
+		t.udpSrc = uint16(sa.(*unix.SockaddrInet4).Port)
+	}
+	return nil
+}
+
+func (t *tracer) closeSockets() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.icmpFD >= 0 {
+		_ = unix.Close(t.icmpFD)
+		t.icmpFD = -1
+	}
+	if t.udpFD >= 0 {
+		_ = unix.Close(t.udpFD)
+		t.udpFD = -1
+	}
+	for _, p := range t.probes {
+		if p.fd >= 0 {
+			_ = unix.Close(p.fd)
+			p.fd = -1
+		}
+	}
+}
+
+func (t *tracer) dstAddr(port int) *unix.SockaddrInet4 {
+	sa := &unix.SockaddrInet4{Port: port}
+	copy(sa.Addr[:], t.dst)
+	return sa
+}
+
+// send emits one probe with the given TTL.
+func (t *tracer) send(ttl, round int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch t.opts.Protocol {
+	case ICMP:
+		t.seq++
+		key := t.seq
+		if err := unix.SetsockoptInt(t.icmpFD, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+			return fmt.Errorf("set TTL %d: %w", ttl, err)
+		}
+		pkt := echoRequest(t.id, key, t.opts.Size-20)
+		p := &probe{ttl: ttl, round: round, fd: -1, sent: time.Now()}
+		t.probes[key] = p
+		if err := unix.Sendto(t.icmpFD, pkt, 0, t.dstAddr(0)); err != nil {
+			p.done = true // counted as lost: the kernel refused it (e.g. no route)
+			t.noteICMP(ttl, "send: "+err.Error())
+		}
+	case UDP:
+		t.seq++
+		port := uint16(t.opts.Port) + t.seq%1024
+		if err := unix.SetsockoptInt(t.udpFD, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+			return fmt.Errorf("set TTL %d: %w", ttl, err)
+		}
+		if old := t.probes[port]; old != nil && !old.done {
+			old.done = true // port reused while still pending: give up on the old probe
+		}
+		p := &probe{ttl: ttl, round: round, fd: -1, sent: time.Now()}
+		t.probes[port] = p
+		if err := unix.Sendto(t.udpFD, make([]byte, t.opts.Size-28), 0, t.dstAddr(int(port))); err != nil {
+			p.done = true
+			t.noteICMP(ttl, "send: "+err.Error())
+		}
+	case TCP:
+		return t.sendTCP(ttl, round)
+	}
+	return nil
+}
+
+// sendTCP opens a non-blocking socket in the namespace with IP_TTL set, binds
+// it to learn its source port (the key ICMP errors quote), and connects.
+func (t *tracer) sendTCP(ttl, round int) error {
+	var fd int
+	var port uint16
+	err := namespace.Do(t.opts.Netns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open TCP socket: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fail := func(what string, err error) error {
+		_ = unix.Close(fd)
+		return fmt.Errorf("%s for TTL %d probe: %w", what, ttl, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+		return fail("set TTL", err)
+	}
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	if err := unix.Bind(fd, &unix.SockaddrInet4{}); err != nil {
+		return fail("bind", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail("socket name", err)
+	}
+	port = uint16(sa.(*unix.SockaddrInet4).Port)
+	p := &probe{ttl: ttl, round: round, fd: fd, sent: time.Now()}
+	if old := t.probes[port]; old != nil && old.fd >= 0 {
+		_ = unix.Close(old.fd)
+		old.fd, old.done = -1, true
+	}
+	t.probes[port] = p
+	err = unix.Connect(fd, t.dstAddr(t.opts.Port))
+	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		t.finishTCP(port, p, err)
+		return nil
+	}
+	go t.waitTCP(port, p, fd)
+	return nil
+}
+
+// waitTCP waits for the connect to finish: SYN-ACK or RST from the
+// destination means the probe reached it.
+func (t *tracer) waitTCP(port uint16, p *probe, fd int) {
+	deadline := p.sent.Add(t.opts.Timeout)
+	for time.Now().Before(deadline) {
+		t.mu.Lock()
+		done := p.done || p.fd < 0
+		t.mu.Unlock()
+		if done {
+			return
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(fds, 20)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			break
+		}
+		if n > 0 {
+			now := time.Now()
+			soerr, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			t.mu.Lock()
+			if !p.done && p.fd == fd {
+				switch unix.Errno(soerr) {
+				case 0, unix.ECONNREFUSED:
+					t.record(p, t.dst, now)
+					t.reached(p.ttl)
+					p.done = true
+				}
+				// Any other error (EHOSTUNREACH after a time exceeded) came
+				// from an ICMP message the raw listener matches itself.
+			}
+			t.mu.Unlock()
+			break
+		}
+	}
+	t.mu.Lock()
+	if p.fd == fd {
+		_ = unix.Close(fd)
+		p.fd = -1
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracer) finishTCP(port uint16, p *probe, err error) {
+	if p.fd >= 0 {
+		_ = unix.Close(p.fd)
+		p.fd = -1
+	}
+	p.done = true
+	if errors.Is(err, unix.ECONNREFUSED) {
+		t.record(p, t.dst, time.Now())
+		t.reached(p.ttl)
+		return
+	}
+	t.noteICMP(p.ttl, fmt.Sprintf("connect (source port %d): %v", port, err))
+}
+
+// receive reads ICMP until stop is closed.
+func (t *tracer) receive(stop chan struct{}) {
+	buf := make([]byte, 1500)
+	oob := make([]byte, 128)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		n, oobn, _, _, err := unix.Recvmsg(t.icmpFD, buf, oob, 0)
+		if err != nil {
+			continue // EAGAIN after the receive timeout, or EINTR
+		}
+		at := time.Now()
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
+					sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+					nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+					at = time.Unix(sec, nsec)
+				}
+			}
+		}
+		r, ok, err := ParseReply(buf[:n])
+		if err != nil || !ok {
+			continue
+		}
+		t.match(r, at)
+	}
+}
+
+func (t *tracer) match(r Reply, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var key uint16
+	switch {
+	case t.opts.Protocol == ICMP && r.Type == icmpEchoReply:
+		if r.ID != t.id || !r.From.Equal(t.dst) {
+			return
+		}
+		key = r.Seq
+	case r.InnerDst == nil || !r.InnerDst.Equal(t.dst):
+		return
+	case t.opts.Protocol == ICMP && r.Proto == 1 && r.ID == t.id:
+		key = r.Seq
+	case t.opts.Protocol == UDP && r.Proto == 17 && r.SrcPort == t.udpSrc:
+		key = r.DstPort
+	case t.opts.Protocol == TCP && r.Proto == 6 && int(r.DstPort) == t.opts.Port:
+		key = r.SrcPort
+	default:
+		return
+	}
+	p := t.probes[key]
+	if p == nil || p.done {
+		return
+	}
+	if at.Sub(p.sent) > t.opts.Timeout {
+		p.done = true // too late: counted as lost, as mtr does
+		return
+	}
+	t.record(p, r.From, at)
+	p.done = true
+	if p.fd >= 0 {
+		_ = unix.Close(p.fd) // stop the SYN retransmissions of a TCP probe
+		p.fd = -1
+	}
+	switch {
+	case r.Type == icmpEchoReply:
+		t.reached(p.ttl)
+	case r.Type == icmpUnreachable && r.From.Equal(t.dst):
+		t.reached(p.ttl) // port unreachable from the destination ends a UDP trace
+	case r.Type == icmpUnreachable:
+		t.icmp[p.ttl] = fmt.Sprintf("ICMP unreachable code %d from %s", r.Code, r.From)
+	}
+}
+
+// record stores a reply for probe p; the caller holds t.mu.
+func (t *tracer) record(p *probe, from net.IP, at time.Time) {
+	h := t.hops[p.ttl]
+	if h == nil {
+		h = &Hop{TTL: p.ttl, Replies: map[string]int{}}
+		t.hops[p.ttl] = h
+	}
+	rtt := float64(at.Sub(p.sent)) / float64(time.Millisecond)
+	if rtt < 0 {
+		rtt = 0
+	}
+	h.Replies[from.String()]++
+	h.RTTs = append(h.RTTs, rtt)
+	t.seen[[2]int{p.ttl, p.round}] = true
+}
+
+func (t *tracer) reached(ttl int) {
+	if t.dest == 0 || ttl < t.dest {
+		t.dest = ttl
+	}
+}
+
+func (t *tracer) noteICMP(ttl int, s string) { t.icmp[ttl] = s }
+
+// pending reports whether a probe still waits for its reply.
+func (t *tracer) pending(now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range t.probes {
+		if !p.done && now.Sub(p.sent) < t.opts.Timeout {
+			return true
+		}
+	}
+	return false
+}
+
+// report builds the per-hop table. When final, probes still pending count
+// as lost; otherwise they are left out of Snt.
+func (t *tracer) report(rounds int, final bool) *Report {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	sent := map[int]int{}
+	lost := map[int][]int{}
+	maxTTL := 0
+	for _, p := range t.probes {
+		if !final && !p.done && now.Sub(p.sent) < t.opts.Timeout {
+			continue
+		}
+		sent[p.ttl]++
+		if p.ttl > maxTTL {
+			maxTTL = p.ttl
+		}
+	}
+	last := maxTTL
+	if t.dest > 0 {
+		last = t.dest
+	} else {
+		// Not reached: stop after the last hop that answered.
+		last = 0
+		for ttl := range t.hops {
+			last = max(last, ttl)
+		}
+	}
+	rep := &Report{Target: t.opts.Target, Address: t.dst.String(), Protocol: string(t.opts.Protocol),
+		Size: t.opts.Size, Rounds: rounds, Reached: t.dest > 0, Hops: []Hop{}}
+	if t.opts.Protocol == TCP {
+		rep.Port = t.opts.Port
+	}
+	for _, p := range t.probes {
+		if p.ttl > last || (!final && !p.done && now.Sub(p.sent) < t.opts.Timeout) {
+			continue
+		}
+		if !t.seen[[2]int{p.ttl, p.round}] {
+			lost[p.ttl] = append(lost[p.ttl], p.round)
+		}
+	}
+	for ttl := 1; ttl <= last; ttl++ {
+		h := Hop{TTL: ttl, Replies: map[string]int{}}
+		if src := t.hops[ttl]; src != nil {
+			for k, v := range src.Replies {
+				h.Replies[k] = v
+			}
+			h.RTTs = append([]float64(nil), src.RTTs...)
+		}
+		h.Sent = sent[ttl]
+		// A hop can have more replies than counted sends while probes are
+		// pending; never show negative loss.
+		if len(h.RTTs) > h.Sent {
+			h.Sent = len(h.RTTs)
+		}
+		h.Lost = lost[ttl]
+		sort.Ints(h.Lost)
+		h.ICMP = t.icmp[ttl]
+		h.hopStats()
+		rep.Hops = append(rep.Hops, h)
+	}
+	rep.Annotate()
+	return rep
+}
+
+func resolveNames(ctx context.Context, netnsPath string, rep *Report) {
+	_ = namespace.Do(netnsPath, func() error {
+		for i := range rep.Hops {
+			h := &rep.Hops[i]
+			for _, a := range h.Addresses {
+				lctx, cancel := context.WithTimeout(ctx, time.Second)
+				names, err := net.DefaultResolver.LookupAddr(lctx, a)
+				cancel()
+				if err == nil && len(names) > 0 {
+					h.Names = append(h.Names, names[0])
+				} else {
+					h.Names = append(h.Names, a)
+				}
+			}
+		}
+		return nil
+	})
+}
