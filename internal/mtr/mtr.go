@@ -62,7 +62,7 @@ type tracer struct {
 	hops   map[int]*Hop // by TTL
 	icmp   map[int]string
 	seen   map[[2]int]bool // {ttl, round} that got a reply
-	dest   int // smallest TTL that reached the destination; 0 = not yet
+	dest   int             // smallest TTL that reached the destination; 0 = not yet
 	seq    uint16
 	icmpFD int
 	udpFD  int
