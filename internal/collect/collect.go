@@ -135,6 +135,10 @@ func Collect(ctx context.Context, opts Options) (*facts.NodeSnapshot, error) {
 	if want[SectionSysctls] || want[SectionConntrack] || want[SectionSockets] {
 		run(func(context.Context) { c.collectProcInNetns(want) })
 	}
+	var hostSysctls map[string]string
+	if want[SectionSysctls] {
+		run(func(context.Context) { hostSysctls = c.readHostSysctls() })
+	}
 	if want[SectionSoftnet] {
 		run(func(context.Context) { c.collectSoftnet() })
 	}
@@ -156,6 +160,9 @@ func Collect(ctx context.Context, opts Options) (*facts.NodeSnapshot, error) {
 	}
 	wg.Wait()
 
+	for k, v := range hostSysctls {
+		c.snap.Sysctls[k] = v
+	}
 	if want[SectionIPVS] {
 		c.snap.IPVS = withKubeIPVSAddresses(ipvs, c.snap.Addresses)
 	}

@@ -152,6 +152,7 @@ func convertLinks(links []netlink.Link, names map[int]string) []facts.Link {
 			MasterIndex: a.MasterIndex,
 			Master:      names[a.MasterIndex],
 			Parent:      a.ParentIndex,
+			PeerNetnsID: -1,
 		}
 		if len(a.HardwareAddr) > 0 {
 			fl.MAC = a.HardwareAddr.String()

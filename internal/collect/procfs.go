@@ -23,8 +23,12 @@ var globalSysctls = []string{
 	"net.ipv4.ip_local_port_range",
 	"net.netfilter.nf_conntrack_max",
 	"net.netfilter.nf_conntrack_count",
-	"net.core.netdev_max_backlog",
 }
+
+// hostSysctls are global (not per namespace) and only visible from the
+// initial network namespace, so they are read by the calling thread, not
+// inside the target namespace.
+var hostSysctls = []string{"net.core.netdev_max_backlog"}
 
 // perInterfaceSysctls are read for "all", "default" and every interface
 // listed under net/ipv4/conf: net.ipv4.conf.IF.NAME.
@@ -233,6 +237,22 @@ func (c *collector) readSockets(netDir string) {
 		stats.PerDestination = stats.PerDestination[:maxDestinations]
 	}
 	c.snap.SocketStats = stats
+}
+
+// readHostSysctls reads hostSysctls from the calling thread's namespace and
+// returns them (the caller merges them into Sysctls once the per-namespace
+// readers are done).
+func (c *collector) readHostSysctls() map[string]string {
+	out := map[string]string{}
+	for _, key := range hostSysctls {
+		v, err := readSysctl(c.sysctlPath(key))
+		if err != nil {
+			c.fail("sysctl "+key, fmt.Errorf("read sysctl %s (global, readable from the initial network namespace only): %w", key, err))
+			continue
+		}
+		out[key] = v
+	}
+	return out
 }
 
 // collectSoftnet reads /proc/net/softnet_stat (per CPU, not per namespace).

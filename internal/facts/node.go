@@ -94,10 +94,13 @@ type Link struct {
 	MAC         string `json:"mac,omitempty"`
 	Master      string `json:"master,omitempty"` // bridge it is enslaved to
 	MasterIndex int    `json:"masterIndex,omitempty"`
-	PeerIndex   int    `json:"peerIndex,omitempty"`   // veth peer ifindex (in its own netns)
-	PeerNetnsID int    `json:"peerNetnsId,omitempty"` // -1 or the netnsid of the peer
+	PeerIndex   int    `json:"peerIndex,omitempty"` // veth peer ifindex (in its own netns)
+	// PeerNetnsID is, for a veth, -1 when the peer is in this namespace, else
+	// the netnsid of the peer's namespace (0 is a valid id, so the field is
+	// always written); -1 for links without a peer.
+	PeerNetnsID int `json:"peerNetnsId"`
 	// Flags are the interface flags in lower case as ip link shows them:
-	// up, broadcast, loopback, pointtopoint, multicast, running (LOWER_UP is "lower_up").
+	// up, broadcast, loopback, pointopoint, multicast, running, lower_up...
 	Flags  []string   `json:"flags,omitempty"`
 	Parent int        `json:"parentIndex,omitempty"` // IFLA_LINK: veth peer, vlan/macvlan lower device
 	VXLAN  *VXLAN     `json:"vxlan,omitempty"`

@@ -1,0 +1,525 @@
+package collect
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netdoctor/netdoctor/internal/facts"
+	"github.com/netdoctor/netdoctor/internal/namespace"
+	"github.com/netdoctor/netdoctor/internal/testutil"
+)
+
+// topology is a small node built in fresh namespaces: a "node" namespace
+// with an uplink veth pair, a bridge with a veth port whose peer sits in a
+// "pod" namespace, a VXLAN device with FDB and neighbour entries, routes in
+// two tables, a policy rule, namespace sysctls and netfilter rules of every
+// kind.
+type topology struct {
+	node, pod string
+}
+
+func buildTopology(t *testing.T) topology {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireProgram(t, "ip")
+	testutil.RequireProgram(t, "bridge")
+	node := testutil.NewNetns(t, "cnode")
+	pod := testutil.NewNetns(t, "cpod")
+	run := func(ns string, args ...string) { testutil.MustRun(t, ns, args[0], args[1:]...) }
+
+	// Uplink: a veth pair inside the node namespace (u0 carries the underlay address).
+	run(node, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u1")
+	run(node, "ip", "addr", "add", "198.18.10.1/24", "dev", "u0")
+	run(node, "ip", "link", "set", "u0", "up")
+	run(node, "ip", "link", "set", "u1", "up")
+	// Bridge with a veth port; the port's peer is the pod's eth0.
+	run(node, "ip", "link", "add", "br0", "type", "bridge")
+	run(node, "ip", "link", "set", "br0", "mtu", "1450")
+	run(node, "ip", "addr", "add", "198.18.21.1/24", "dev", "br0")
+	run(node, "ip", "-6", "addr", "add", "fd00:18::1/64", "dev", "br0", "nodad")
+	run(node, "ip", "link", "set", "br0", "up")
+	run(node, "ip", "link", "add", "vp0", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", pod)
+	run(node, "ip", "link", "set", "vp0", "master", "br0")
+	run(node, "ip", "link", "set", "vp0", "up")
+	run(pod, "ip", "addr", "add", "198.18.21.2/24", "dev", "eth0")
+	run(pod, "ip", "link", "set", "eth0", "up")
+	// VXLAN on UDP 8472 over u0, no learning, with its FDB and neighbour.
+	run(node, "ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "local", "198.18.10.1", "dev", "u0", "dstport", "8472", "nolearning")
+	run(node, "ip", "link", "set", "vx0", "mtu", "1450")
+	run(node, "ip", "addr", "add", "198.18.20.0/32", "dev", "vx0")
+	run(node, "ip", "link", "set", "vx0", "up")
+	run(node, "bridge", "fdb", "append", "02:aa:bb:cc:dd:01", "dev", "vx0", "dst", "198.18.10.2", "self", "permanent")
+	run(node, "ip", "neigh", "add", "198.18.22.0", "lladdr", "02:aa:bb:cc:dd:01", "dev", "vx0", "nud", "permanent")
+	// Routes in main and table 100 (v4 and v6), and a rule choosing table 100.
+	run(node, "ip", "route", "add", "198.18.30.0/24", "via", "198.18.10.2", "dev", "u0", "proto", "static", "metric", "5")
+	run(node, "ip", "route", "add", "198.18.22.0/24", "via", "198.18.22.0", "dev", "vx0", "onlink", "table", "100", "mtu", "1400", "src", "198.18.20.0")
+	run(node, "ip", "route", "add", "blackhole", "198.18.50.0/24", "table", "100")
+	run(node, "ip", "-6", "route", "add", "fd00:19::/64", "dev", "br0", "table", "100")
+	run(node, "ip", "rule", "add", "from", "198.18.21.0/24", "fwmark", "0x10/0xff", "lookup", "100", "pref", "100")
+	// Namespace sysctls (never the root namespace's).
+	err := namespace.Do(testutil.Path(node), func() error {
+		for k, v := range map[string]string{
+			"net/ipv4/ip_forward":                 "1",
+			"net/ipv6/conf/all/forwarding":        "1",
+			"net/ipv4/conf/all/rp_filter":         "2",
+			"net/ipv4/conf/u0/rp_filter":          "1",
+			"net/ipv4/conf/all/route_localnet":    "1",
+			"net/ipv4/ip_local_port_range":        "20000 20999",
+			"net/bridge/bridge-nf-call-iptables":  "0",
+			"net/bridge/bridge-nf-call-ip6tables": "0",
+		} {
+			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("set sysctls in %s: %v", node, err)
+	}
+	return topology{node: node, pod: pod}
+}
+
+func findLink(t *testing.T, s *facts.NodeSnapshot, name string) facts.Link {
+	t.Helper()
+	for _, l := range s.Links {
+		if l.Name == name {
+			return l
+		}
+	}
+	t.Fatalf("link %s not collected; links: %+v", name, s.Links)
+	return facts.Link{}
+}
+
+func TestCollectTopology(t *testing.T) {
+	topo := buildTopology(t)
+	testutil.RequireProgram(t, "iptables-nft")
+	testutil.RequireProgram(t, "iptables-legacy")
+	testutil.RequireProgram(t, "nft")
+	testutil.RequireProgram(t, "ipset")
+	testutil.MustRun(t, topo.node, "iptables-nft", "-A", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP")
+	testutil.MustRun(t, topo.node, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-s", "198.18.21.0/24", "-j", "MASQUERADE")
+	testutil.MustRun(t, topo.node, "nft", "add table inet ndtest; add chain inet ndtest input { type filter hook input priority 0; policy accept; }; add rule inet ndtest input udp dport 4789 counter drop")
+	testutil.MustRun(t, topo.node, "ipset", "create", "ndtest", "hash:ip")
+	testutil.MustRun(t, topo.node, "ipset", "add", "ndtest", "198.18.21.2")
+
+	// A listening TCP socket created inside the node namespace.
+	var ln net.Listener
+	err := namespace.Do(testutil.Path(topo.node), func() error {
+		var err error
+		ln, err = net.Listen("tcp", "198.18.10.1:18080")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	ctx := context.Background()
+	s, err := Collect(ctx, Options{Netns: topo.node, NodeName: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	podSnap, err := Collect(ctx, Options{Netns: topo.pod, Sections: []string{SectionLinks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if os.Getenv("NETDOCTOR_TEST_DUMP") != "" {
+		t.Log(dumpJSON(s))
+	}
+	if s.Version != facts.NodeSnapshotVersion || s.Node != "node-1" || s.Netns != topo.node || s.Kernel == "" {
+		t.Errorf("header: version %q node %q netns %q kernel %q", s.Version, s.Node, s.Netns, s.Kernel)
+	}
+	if want := netnsInode(testutil.Path(topo.node)); s.NetnsInode != want || want == 0 {
+		t.Errorf("netns inode %d, want %d", s.NetnsInode, want)
+	}
+
+	t.Run("links", func(t *testing.T) {
+		if len(s.Links) != 6 { // lo u0 u1 br0 vp0 vx0
+			t.Errorf("%d links, want 6: %+v", len(s.Links), s.Links)
+		}
+		br := findLink(t, s, "br0")
+		if br.Type != "bridge" || br.MTU != 1450 || !br.Up || br.Bridge == nil || br.Bridge.VlanFiltering {
+			t.Errorf("br0: %+v", br)
+		}
+		vp := findLink(t, s, "vp0")
+		podEth := findLink(t, podSnap, "eth0")
+		if vp.Type != "veth" || vp.Master != "br0" || vp.MasterIndex != br.Index || vp.MTU != 1450 {
+			t.Errorf("vp0: %+v", vp)
+		}
+		if vp.PeerIndex != podEth.Index || vp.PeerNetnsID < 0 {
+			t.Errorf("vp0 peer: index %d netnsid %d, want index %d (pod eth0) in another netns", vp.PeerIndex, vp.PeerNetnsID, podEth.Index)
+		}
+		if podEth.PeerIndex != vp.Index {
+			t.Errorf("pod eth0 peer index %d, want %d", podEth.PeerIndex, vp.Index)
+		}
+		u0, u1 := findLink(t, s, "u0"), findLink(t, s, "u1")
+		if u0.PeerIndex != u1.Index || u0.PeerNetnsID != -1 {
+			t.Errorf("u0 peer: index %d netnsid %d, want %d in the same netns (-1)", u0.PeerIndex, u0.PeerNetnsID, u1.Index)
+		}
+		if u0.State != "up" || !slices.Contains(u0.Flags, "up") || !slices.Contains(u0.Flags, "lower_up") || u0.MAC == "" {
+			t.Errorf("u0 state/flags/mac: %+v", u0)
+		}
+		vx := findLink(t, s, "vx0")
+		want := facts.VXLAN{VNI: 42, Local: "198.18.10.1", Port: 8472, Device: "u0", DeviceIndex: u0.Index, Learning: false}
+		if vx.Type != "vxlan" || vx.VXLAN == nil || *vx.VXLAN != want || vx.MTU != 1450 {
+			t.Errorf("vx0: %+v vxlan %+v, want %+v", vx, vx.VXLAN, want)
+		}
+		if u0.Stats == nil {
+			t.Errorf("u0 has no statistics")
+		}
+		lo := findLink(t, s, "lo")
+		if lo.Type != "device" || !slices.Contains(lo.Flags, "loopback") {
+			t.Errorf("lo: %+v", lo)
+		}
+	})
+
+	t.Run("addresses", func(t *testing.T) {
+		want := []facts.Address{
+			{Link: "lo", CIDR: "127.0.0.1/8", Family: 4, Scope: "host"},
+			{Link: "u0", CIDR: "198.18.10.1/24", Family: 4, Scope: "global"},
+			{Link: "br0", CIDR: "198.18.21.1/24", Family: 4, Scope: "global"},
+			{Link: "vx0", CIDR: "198.18.20.0/32", Family: 4, Scope: "global"},
+			{Link: "br0", CIDR: "fd00:18::1/64", Family: 6, Scope: "global"},
+			{Link: "lo", CIDR: "::1/128", Family: 6, Scope: "host"},
+		}
+		for _, w := range want {
+			if !slices.Contains(s.Addresses, w) {
+				t.Errorf("address %+v missing from %+v", w, s.Addresses)
+			}
+		}
+		for _, a := range s.Addresses {
+			if a.Family == 4 && !slices.Contains(want, a) {
+				t.Errorf("unexpected address %+v", a)
+			}
+		}
+	})
+
+	t.Run("routes", func(t *testing.T) {
+		want := []facts.Route{
+			{Table: 254, Type: "unicast", Dst: "198.18.30.0/24", Gateway: "198.18.10.2", Link: "u0", Protocol: "static", Scope: "global", Metric: 5, Family: 4},
+			{Table: 254, Type: "unicast", Dst: "198.18.10.0/24", Link: "u0", Src: "198.18.10.1", Protocol: "kernel", Scope: "link", Family: 4},
+			{Table: 100, Type: "unicast", Dst: "198.18.22.0/24", Gateway: "198.18.22.0", Link: "vx0", Src: "198.18.20.0", Protocol: "boot", Scope: "global", OnLink: true, MTU: 1400, Family: 4},
+			{Table: 100, Type: "blackhole", Dst: "198.18.50.0/24", Protocol: "boot", Scope: "global", Family: 4},
+			{Table: 100, Type: "unicast", Dst: "fd00:19::/64", Link: "br0", Protocol: "boot", Scope: "global", Metric: 1024, Family: 6},
+			{Table: 255, Type: "local", Dst: "198.18.10.1/32", Link: "u0", Src: "198.18.10.1", Protocol: "kernel", Scope: "host", Family: 4},
+		}
+		for _, w := range want {
+			if !slices.ContainsFunc(s.Routes, func(r facts.Route) bool { return routeEqual(r, w) }) {
+				t.Errorf("route %+v missing; routes:\n%s", w, dumpJSON(s.Routes))
+			}
+		}
+	})
+
+	t.Run("rules", func(t *testing.T) {
+		w := facts.PolicyRule{Priority: 100, Src: "198.18.21.0/24", Table: 100, Mark: 0x10, Mask: 0xff, Family: 4, Action: "lookup"}
+		if !slices.Contains(s.Rules, w) {
+			t.Errorf("rule %+v missing from %+v", w, s.Rules)
+		}
+		if n := len(s.Rules); n != 6 { // v4: 0 100 32766 32767; v6: 0 32766
+			t.Errorf("%d rules, want 6: %+v", n, s.Rules)
+		}
+	})
+
+	t.Run("neighbors and fdb", func(t *testing.T) {
+		wn := facts.Neighbor{Link: "vx0", IP: "198.18.22.0", MAC: "02:aa:bb:cc:dd:01", State: "permanent", Family: 4}
+		if !slices.ContainsFunc(s.Neighbors, func(n facts.Neighbor) bool {
+			return n.Link == wn.Link && n.IP == wn.IP && n.MAC == wn.MAC && n.State == wn.State && n.Family == 4
+		}) {
+			t.Errorf("neighbour %+v missing from %+v", wn, s.Neighbors)
+		}
+		wf := facts.FDBEntry{Link: "vx0", MAC: "02:aa:bb:cc:dd:01", Dst: "198.18.10.2", State: "permanent", Self: true}
+		if !slices.Contains(s.FDB, wf) {
+			t.Errorf("fdb entry %+v missing from\n%s", wf, dumpJSON(s.FDB))
+		}
+		// The bridge port's own MAC is a permanent master entry on br0.
+		vp := findLink(t, s, "vp0")
+		if !slices.ContainsFunc(s.FDB, func(e facts.FDBEntry) bool {
+			return e.Link == "vp0" && e.MAC == vp.MAC && e.Master == "br0" && e.State == "permanent"
+		}) {
+			t.Errorf("fdb has no permanent entry for vp0 %s on br0:\n%s", vp.MAC, dumpJSON(s.FDB))
+		}
+	})
+
+	t.Run("sysctls", func(t *testing.T) {
+		want := map[string]string{
+			"net.ipv4.ip_forward":                  "1",
+			"net.ipv6.conf.all.forwarding":         "1",
+			"net.ipv4.conf.all.rp_filter":          "2",
+			"net.ipv4.conf.u0.rp_filter":           "1",
+			"net.ipv4.conf.u1.rp_filter":           "0",
+			"net.ipv4.conf.all.route_localnet":     "1",
+			"net.ipv4.conf.default.route_localnet": "0",
+			"net.ipv4.ip_local_port_range":         "20000 20999",
+			"net.bridge.bridge-nf-call-iptables":   "0",
+			"net.bridge.bridge-nf-call-ip6tables":  "0",
+		}
+		for k, v := range want {
+			if got, ok := s.Sysctls[k]; !ok || got != v {
+				t.Errorf("sysctl %s = %q (present %v), want %q", k, got, ok, v)
+			}
+		}
+		for _, k := range []string{"net.netfilter.nf_conntrack_max", "net.netfilter.nf_conntrack_count", "net.core.netdev_max_backlog"} {
+			if _, ok := s.Sysctls[k]; !ok {
+				t.Errorf("sysctl %s missing (errors: %v)", k, s.Errors)
+			}
+		}
+	})
+
+	t.Run("conntrack softnet sockets", func(t *testing.T) {
+		if s.Conntrack == nil || s.Conntrack.Max == 0 || len(s.Conntrack.PerCPU) == 0 {
+			t.Errorf("conntrack: %+v (errors %v)", s.Conntrack, s.Errors)
+		}
+		if len(s.Softnet) == 0 {
+			t.Errorf("no softnet statistics")
+		}
+		if !slices.ContainsFunc(s.Sockets, func(so facts.Socket) bool {
+			return so.Proto == "tcp" && so.State == "LISTEN" && so.Local == "198.18.10.1:18080"
+		}) {
+			t.Errorf("listening socket 198.18.10.1:18080 missing from %+v", s.Sockets)
+		}
+		if s.SocketStats == nil || s.SocketStats.ByState["tcp LISTEN"] != 1 {
+			t.Errorf("socket stats: %+v", s.SocketStats)
+		}
+	})
+
+	t.Run("netfilter", func(t *testing.T) {
+		nf := s.Netfilter
+		if !strings.Contains(nf.IptablesNft, "-A INPUT -p udp -m udp --dport 8472 -j DROP") {
+			t.Errorf("iptables-nft-save lacks the rule:\n%s", nf.IptablesNft)
+		}
+		if !strings.Contains(nf.IptablesLegacy, "-A POSTROUTING -s 198.18.21.0/24 -j MASQUERADE") {
+			t.Errorf("iptables-legacy-save lacks the rule:\n%s", nf.IptablesLegacy)
+		}
+		if nf.Backend != "both" {
+			t.Errorf("backend %q, want both", nf.Backend)
+		}
+		var ruleset struct {
+			Nftables []map[string]json.RawMessage `json:"nftables"`
+		}
+		if err := json.Unmarshal([]byte(nf.NftJSON), &ruleset); err != nil {
+			t.Fatalf("nft -j output is not JSON: %v\n%s", err, nf.NftJSON)
+		}
+		found := false
+		for _, obj := range ruleset.Nftables {
+			if raw, ok := obj["table"]; ok && strings.Contains(string(raw), `"name": "ndtest"`) {
+				found = true
+			}
+		}
+		if !found || !strings.Contains(nf.NftJSON, `"dport"`) || !strings.Contains(nf.NftJSON, "4789") {
+			t.Errorf("nft ruleset lacks table inet ndtest and its rule:\n%s", nf.NftJSON)
+		}
+		if !strings.Contains(nf.Ipsets, "create ndtest hash:ip") || !strings.Contains(nf.Ipsets, "add ndtest 198.18.21.2") {
+			t.Errorf("ipset save:\n%s", nf.Ipsets)
+		}
+		for k := range s.Errors {
+			if strings.HasPrefix(k, "netfilter") {
+				t.Errorf("netfilter error %s: %s", k, s.Errors[k])
+			}
+		}
+	})
+
+	t.Run("ipvs", func(t *testing.T) {
+		// This kernel has no IPVS: the section is skipped with the reason.
+		if s.IPVS == nil && s.Skipped[SectionIPVS] == "" {
+			t.Errorf("no IPVS facts and no skip reason (errors %v)", s.Errors)
+		}
+	})
+
+	t.Run("no unexpected errors", func(t *testing.T) {
+		for k, v := range s.Errors {
+			t.Errorf("error %s: %s", k, v)
+		}
+	})
+}
+
+// routeEqual compares the fields a test sets.
+func routeEqual(a, b facts.Route) bool {
+	a.NextHops, b.NextHops = nil, nil
+	return a.Table == b.Table && a.Type == b.Type && a.Dst == b.Dst && a.Gateway == b.Gateway &&
+		a.Link == b.Link && a.Src == b.Src && a.Protocol == b.Protocol && a.Scope == b.Scope &&
+		a.Metric == b.Metric && a.OnLink == b.OnLink && a.MTU == b.MTU && a.Family == b.Family
+}
+
+func dumpJSON(v any) string {
+	b, _ := json.MarshalIndent(v, "", " ")
+	return string(b)
+}
+
+func TestCollectUnknownNetns(t *testing.T) {
+	for _, spec := range []string{"ndt-no-such-netns", "/nonexistent/netns", "pid:999999999"} {
+		_, err := Collect(context.Background(), Options{Netns: spec})
+		if err == nil || !strings.Contains(err.Error(), spec) {
+			t.Errorf("Collect(%q): error %v, want one naming the namespace", spec, err)
+		}
+	}
+	if _, err := Collect(context.Background(), Options{Sections: []string{"bogus"}}); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("unknown section: error %v", err)
+	}
+}
+
+// TestCollectFakeProcRoot points every root at empty or hand-made trees:
+// each section that cannot read its files says so in Errors, nothing panics.
+func TestCollectFakeProcRoot(t *testing.T) {
+	empty := t.TempDir()
+	s, err := Collect(context.Background(), Options{
+		ProcRoot: empty, SysRoot: empty, RootDir: empty,
+		Sections: []string{SectionSysctls, SectionConntrack, SectionSoftnet, SectionSockets, SectionProcesses, SectionFiles, SectionKernel},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{
+		"sysctl net.ipv4.ip_forward", "sysctl net.bridge.bridge-nf-call-iptables", "sysctl net.ipv4.conf",
+		"sysctl net.core.netdev_max_backlog", SectionConntrack, SectionSoftnet, "sockets.tcp", "sockets.udp", SectionKernel,
+	} {
+		if s.Errors[key] == "" {
+			t.Errorf("no error for %s; errors: %v", key, s.Errors)
+		}
+	}
+	if !strings.Contains(s.Errors["sysctl net.bridge.bridge-nf-call-iptables"], "br_netfilter is not loaded") {
+		t.Errorf("bridge-nf error does not name br_netfilter: %q", s.Errors["sysctl net.bridge.bridge-nf-call-iptables"])
+	}
+	if len(s.Processes) != 0 || s.Files != nil || s.Conntrack != nil || len(s.Sysctls) != 0 {
+		t.Errorf("facts made up from an empty tree: %+v", s)
+	}
+	if _, err := json.Marshal(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCollectProcessesAndFiles runs the processes and files collectors on
+// hand-made trees laid out like /proc and / on a flannel node.
+func TestCollectProcessesAndFiles(t *testing.T) {
+	proc, root := t.TempDir(), t.TempDir()
+	cfgRoot := t.TempDir()
+	mkfile := func(p, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkproc := func(pid int, comm string, argv []string, netns string) string {
+		dir := filepath.Join(proc, strconv.Itoa(pid))
+		mkfile(filepath.Join(dir, "comm"), comm+"\n")
+		mkfile(filepath.Join(dir, "cmdline"), strings.Join(argv, "\x00")+"\x00")
+		if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(netns, filepath.Join(dir, "ns", "net")); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	kp := mkproc(100, "kube-proxy", []string{"/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", "--hostname-override=node-1"}, "net:[4026531840]")
+	if err := os.Symlink(cfgRoot, filepath.Join(kp, "root")); err != nil {
+		t.Fatal(err)
+	}
+	mkfile(filepath.Join(cfgRoot, "var/lib/kube-proxy/config.conf"), "clusterCIDR: 198.18.128.0/17\nmode: iptables\n")
+	mkproc(200, "flanneld", []string{"/opt/bin/flanneld", "--ip-masq", "--kube-subnet-mgr"}, "net:[4026531840]")
+	mkproc(300, "netdoctor-k8s", []string{"/usr/bin/netdoctor-k8s", "kube-proxy", "--cluster-cidr", "198.18.128.0/17"}, "net:[4026532000]")
+	mkproc(400, "bash", []string{"bash"}, "net:[4026531840]")
+	// A kube-proxy whose config cannot be read.
+	mkproc(500, "kube-proxy", []string{"kube-proxy", "--config", "/missing.conf"}, "net:[4026531840]")
+	mkfile(filepath.Join(root, FlannelSubnetFile), "FLANNEL_NETWORK=198.18.128.0/17\nFLANNEL_SUBNET=198.18.130.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+	mkfile(filepath.Join(root, CNIConfDir, "10-flannel.conflist"), `{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel"}]}`)
+	mkfile(filepath.Join(root, CNIConfDir, "README"), "not a config")
+
+	c := &collector{opts: Options{ProcRoot: proc, RootDir: root}, snap: &facts.NodeSnapshot{NetnsInode: 4026531840}}
+	c.collectProcesses()
+	c.collectFiles()
+
+	if len(c.snap.Processes) != 4 {
+		t.Fatalf("%d processes, want 4: %+v", len(c.snap.Processes), c.snap.Processes)
+	}
+	p := c.snap.Processes[0]
+	if p.PID != 100 || p.Name != "kube-proxy" || !p.SameNetns || p.NetnsInode != 4026531840 ||
+		p.Config["/var/lib/kube-proxy/config.conf"] != "clusterCIDR: 198.18.128.0/17\nmode: iptables\n" || len(p.Cmdline) != 3 {
+		t.Errorf("kube-proxy: %+v", p)
+	}
+	if p := c.snap.Processes[1]; p.Name != "flanneld" || !slices.Contains(p.Cmdline, "--ip-masq") {
+		t.Errorf("flanneld: %+v", p)
+	}
+	if p := c.snap.Processes[2]; p.Name != "kube-proxy" || p.SameNetns || p.NetnsInode != 4026532000 {
+		t.Errorf("multi-call kube-proxy in another netns: %+v", p)
+	}
+	if c.snap.Errors["processes.kube-proxy[500].config"] == "" {
+		t.Errorf("unreadable kube-proxy config not reported: %v", c.snap.Errors)
+	}
+	if c.snap.Flannel == nil || c.snap.Flannel.Subnet != "198.18.130.1/24" || c.snap.Flannel.MTU != 1450 {
+		t.Errorf("flannel: %+v", c.snap.Flannel)
+	}
+	if len(c.snap.Files) != 2 || !strings.Contains(c.snap.Files[CNIConfDir+"/10-flannel.conflist"], "flannel") {
+		t.Errorf("files: %v", c.snap.Files)
+	}
+}
+
+// startSleep starts sleep inside the namespace and kills it (by PID) on cleanup.
+func startSleep(t testing.TB, ns string) int {
+	t.Helper()
+	var cmd *exec.Cmd
+	err := namespace.Do(testutil.Path(ns), func() error {
+		cmd = exec.Command("sleep", "300")
+		return cmd.Start()
+	})
+	if err != nil {
+		t.Fatalf("start sleep in %s: %v", ns, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd.Process.Pid
+}
+
+func TestCollectByPID(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "cpid")
+	testutil.MustRun(t, ns, "ip", "link", "add", "pa", "type", "veth", "peer", "name", "pb")
+	pid := startSleep(t, ns)
+	for _, spec := range []string{"pid:" + strconv.Itoa(pid), strconv.Itoa(pid)} {
+		s, err := Collect(context.Background(), Options{Netns: spec, Sections: []string{SectionLinks, SectionSysctls}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		findLink(t, s, "pa")
+		findLink(t, s, "pb")
+		if s.NetnsInode != netnsInode(testutil.Path(ns)) {
+			t.Errorf("%s: netns inode %d, want %d", spec, s.NetnsInode, netnsInode(testutil.Path(ns)))
+		}
+		if _, ok := s.Sysctls["net.ipv4.conf.pa.rp_filter"]; !ok {
+			t.Errorf("%s: per-interface sysctls not read inside the namespace: %v", spec, s.Sysctls)
+		}
+	}
+}
+
+func BenchmarkCollect(b *testing.B) {
+	testutil.RequireRoot(b)
+	ns := testutil.NewNetns(b, "cbench")
+	for i := range 20 {
+		testutil.MustRun(b, ns, "ip", "link", "add", "va"+strconv.Itoa(i), "type", "veth", "peer", "name", "vb"+strconv.Itoa(i))
+		testutil.MustRun(b, ns, "ip", "addr", "add", "198.18.60."+strconv.Itoa(i+1)+"/32", "dev", "va"+strconv.Itoa(i))
+		testutil.MustRun(b, ns, "ip", "route", "add", "198.18.61."+strconv.Itoa(i)+"/32", "dev", "va"+strconv.Itoa(i), "table", "100")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := Collect(ctx, Options{Netns: ns}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
