@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netdoctor/netdoctor/internal/command"
 	"github.com/netdoctor/netdoctor/internal/facts"
 	"github.com/netdoctor/netdoctor/internal/namespace"
 	"github.com/netdoctor/netdoctor/internal/testutil"
@@ -506,20 +507,67 @@ func TestCollectByPID(t *testing.T) {
 	}
 }
 
+// BenchmarkCollect collects a whole snapshot of a namespace shaped like a
+// small Kubernetes node: 20 veth pairs with addresses and routes, and a
+// kube-proxy-like iptables-nft ruleset of 200 Services (about 1,400 rules).
 func BenchmarkCollect(b *testing.B) {
 	testutil.RequireRoot(b)
+	testutil.RequireProgram(b, "iptables-nft-restore")
 	ns := testutil.NewNetns(b, "cbench")
 	for i := range 20 {
-		testutil.MustRun(b, ns, "ip", "link", "add", "va"+strconv.Itoa(i), "type", "veth", "peer", "name", "vb"+strconv.Itoa(i))
-		testutil.MustRun(b, ns, "ip", "addr", "add", "198.18.60."+strconv.Itoa(i+1)+"/32", "dev", "va"+strconv.Itoa(i))
-		testutil.MustRun(b, ns, "ip", "route", "add", "198.18.61."+strconv.Itoa(i)+"/32", "dev", "va"+strconv.Itoa(i), "table", "100")
+		va, vb := "va"+strconv.Itoa(i), "vb"+strconv.Itoa(i)
+		testutil.MustRun(b, ns, "ip", "link", "add", va, "type", "veth", "peer", "name", vb)
+		testutil.MustRun(b, ns, "ip", "link", "set", va, "up")
+		testutil.MustRun(b, ns, "ip", "link", "set", vb, "up")
+		testutil.MustRun(b, ns, "ip", "addr", "add", "198.18.60."+strconv.Itoa(i+1)+"/32", "dev", va)
+		testutil.MustRun(b, ns, "ip", "route", "add", "198.18.61."+strconv.Itoa(i)+"/32", "dev", va, "table", "100")
 	}
+	var rules strings.Builder
+	rules.WriteString("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n")
+	for i := range 200 {
+		rules.WriteString(":KUBE-SVC-" + strconv.Itoa(i) + " - [0:0]\n:KUBE-SEP-" + strconv.Itoa(i) + " - [0:0]\n")
+	}
+	rules.WriteString("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n")
+	for i := range 200 {
+		svc, sep := "KUBE-SVC-"+strconv.Itoa(i), "KUBE-SEP-"+strconv.Itoa(i)
+		vip := "198.19." + strconv.Itoa(i/250) + "." + strconv.Itoa(i%250+1)
+		ep := "198.18.70." + strconv.Itoa(i%250+1)
+		rules.WriteString("-A KUBE-SERVICES -d " + vip + "/32 -p tcp -m comment --comment \"ns/svc" + strconv.Itoa(i) + "\" -m tcp --dport 80 -j " + svc + "\n")
+		rules.WriteString("-A " + svc + " ! -s 198.18.128.0/17 -d " + vip + "/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000\n")
+		rules.WriteString("-A " + svc + " -m statistic --mode random --probability 0.5 -j " + sep + "\n")
+		rules.WriteString("-A " + svc + " -j " + sep + "\n")
+		rules.WriteString("-A " + sep + " -s " + ep + "/32 -j MARK --set-xmark 0x4000/0x4000\n")
+		rules.WriteString("-A " + sep + " -p tcp -m tcp -j DNAT --to-destination " + ep + ":8080\n")
+	}
+	rules.WriteString("-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\nCOMMIT\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	b.ResetTimer()
-	for b.Loop() {
-		if _, err := Collect(ctx, Options{Netns: ns}); err != nil {
-			b.Fatal(err)
-		}
+	if _, err := command.Run(ctx, command.Cmd{Name: "iptables-nft-restore", Netns: testutil.Path(ns), Stdin: []byte(rules.String())}); err != nil {
+		b.Fatal(err)
+	}
+	s, err := Collect(ctx, Options{Netns: ns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("snapshot: %d links, %d routes, %d bytes of iptables-nft-save, errors %v", len(s.Links), len(s.Routes), len(s.Netfilter.IptablesNft), s.Errors)
+	groups := []struct {
+		name     string
+		sections []string
+	}{
+		{"all", nil},
+		{"netlink", []string{SectionLinks, SectionAddresses, SectionRoutes, SectionRules, SectionNeighbors, SectionFDB}},
+		{"procfs", []string{SectionSysctls, SectionConntrack, SectionSoftnet, SectionSockets}},
+		{"netfilter", []string{SectionNetfilter}},
+		{"ipvs", []string{SectionIPVS}},
+		{"processes", []string{SectionProcesses, SectionFiles, SectionKernel}},
+	}
+	for _, g := range groups {
+		b.Run(g.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := Collect(ctx, Options{Netns: ns, Sections: g.sections}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
