@@ -190,19 +190,23 @@ func Text(w io.Writer, r *finding.Report, o Options) error {
 			passed = append(passed, c)
 		}
 	}
+	idw := 0
+	for _, c := range r.Checks {
+		idw = max(idw, len(c.ID))
+	}
 	if len(notRun) > 0 {
 		b.WriteString("\n" + p.paint(ansiDim, "not checked:") + "\n")
 		for _, c := range notRun {
-			fmt.Fprintf(&b, "  %-7s %s  %s: %s\n", c.Status, c.ID, c.Node, c.Reason)
+			fmt.Fprintf(&b, "  %-7s %-*s  %s: %s\n", c.Status, idw, c.ID, c.Node, c.Reason)
 		}
 	}
 	if o.Verbose && len(passed) > 0 {
 		b.WriteString("\n" + p.paint(ansiDim, "passed:") + "\n")
 		for _, c := range passed {
 			if c.Reason != "" {
-				fmt.Fprintf(&b, "  pass    %s  %s: %s\n", c.ID, c.Node, c.Reason)
+				fmt.Fprintf(&b, "  pass    %-*s  %s: %s\n", idw, c.ID, c.Node, c.Reason)
 			} else {
-				fmt.Fprintf(&b, "  pass    %s  %s\n", c.ID, c.Node)
+				fmt.Fprintf(&b, "  pass    %-*s  %s\n", idw, c.ID, c.Node)
 			}
 		}
 	}
