@@ -1,0 +1,1234 @@
+package netfilter
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+type mres uint8
+
+const (
+	mNo mres = iota
+	mYes
+	mProb    // matches with a probability
+	mUnknown // cannot be decided: the reason says why
+)
+
+// matcher decides one condition of a rule for a state.
+type matcher func(t *tracer, st *tstate) (res mres, p float64, reason string)
+
+type iptTargetKind uint8
+
+const (
+	tNone iptTargetKind = iota
+	tAccept
+	tDrop
+	tReject
+	tReturn
+	tJump
+	tContinue // LOG, NFLOG, TCPMSS...: record and go on
+	tMark
+	tConnmark
+	tNotrack
+	tDNAT
+	tSNAT
+	tMasquerade
+	tRedirect
+	tUnknown
+)
+
+type iptRule struct {
+	matchers []matcher
+	kind     iptTargetKind
+	jump     *Chain
+	// NAT
+	natAddr   netip.Addr
+	natPort   uint16
+	natRanged bool
+	// marks: new = (old &^ clear) ^ xor, or the connmark save/restore masks
+	markClear, markXor uint32
+	ctSave, ctRestore  bool
+	nfmask, ctmask     uint32
+	reason             string
+	action             string
+}
+
+func compileIptables(rs *Ruleset) error {
+	for _, tb := range rs.Tables {
+		for _, c := range tb.Chains {
+			if c.Builtin {
+				c.Type = "filter"
+				if tb.Name == "nat" {
+					c.Type = "nat"
+				}
+			}
+			for _, r := range c.Rules {
+				ir, err := compileIptRule(tb, r, rs.Family == "ip6")
+				if err != nil {
+					return iptErr(r.Line, "%v", err)
+				}
+				r.ipt = ir
+			}
+			c.index = buildDstIndex(c)
+		}
+	}
+	return nil
+}
+
+func unknownMatcher(reason string) matcher {
+	return func(*tracer, *tstate) (mres, float64, string) { return mUnknown, 0, reason }
+}
+
+func boolM(neg bool, ok bool) mres {
+	if ok != neg {
+		return mYes
+	}
+	return mNo
+}
+
+func compileIptRule(tb *Table, r *Rule, v6 bool) (*iptRule, error) {
+	ir := &iptRule{}
+	for _, o := range r.Basic {
+		m, err := compileBasic(o)
+		if err != nil {
+			return nil, err
+		}
+		ir.matchers = append(ir.matchers, m)
+	}
+	for _, m := range r.Matches {
+		ms, err := compileIptMatch(m)
+		if err != nil {
+			return nil, fmt.Errorf("-m %s: %w", m.Module, err)
+		}
+		ir.matchers = append(ir.matchers, ms...)
+	}
+	if err := compileIptTarget(tb, r, ir); err != nil {
+		return nil, fmt.Errorf("-j %s: %w", r.Target, err)
+	}
+	return ir, nil
+}
+
+func compileBasic(o Option) (matcher, error) {
+	v := ""
+	if len(o.Values) > 0 {
+		v = o.Values[0]
+	}
+	neg := o.Negated
+	switch o.Name {
+	case "s", "d":
+		pfx, err := parseAddrOrPrefix(v)
+		if err != nil {
+			return nil, fmt.Errorf("-%s %q: %w", o.Name, v, err)
+		}
+		if o.Name == "s" {
+			return func(_ *tracer, st *tstate) (mres, float64, string) {
+				return boolM(neg, pfx.Contains(st.pkt.Src)), 0, ""
+			}, nil
+		}
+		return func(_ *tracer, st *tstate) (mres, float64, string) {
+			return boolM(neg, pfx.Contains(st.pkt.Dst)), 0, ""
+		}, nil
+	case "i":
+		return func(_ *tracer, st *tstate) (mres, float64, string) {
+			return boolM(neg, ifaceMatch(v, st.pkt.InIface)), 0, ""
+		}, nil
+	case "o":
+		return func(_ *tracer, st *tstate) (mres, float64, string) {
+			return boolM(neg, ifaceMatch(v, st.pkt.OutIface)), 0, ""
+		}, nil
+	case "p":
+		lv := strings.ToLower(v)
+		if lv == "all" || lv == "0" {
+			return func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, true), 0, "" }, nil
+		}
+		n, ok := protoNum(lv)
+		if !ok {
+			return nil, fmt.Errorf("-p %q: unknown protocol", v)
+		}
+		return func(_ *tracer, st *tstate) (mres, float64, string) {
+			pn, _ := protoNum(st.pkt.Proto)
+			return boolM(neg, pn == n), 0, ""
+		}, nil
+	case "f":
+		// traced packets are unfragmented (or first fragments)
+		return func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, false), 0, "" }, nil
+	}
+	return nil, fmt.Errorf("unknown option -%s", o.Name)
+}
+
+func portMatcher(o Option, src bool) (matcher, error) {
+	if len(o.Values) != 1 {
+		return nil, fmt.Errorf("--%s needs one value", o.Name)
+	}
+	pr, err := parsePortRange(o.Values[0])
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", o.Name, err)
+	}
+	neg := o.Negated
+	return func(_ *tracer, st *tstate) (mres, float64, string) {
+		if !hasPorts(st.pkt.Proto) {
+			return mNo, 0, ""
+		}
+		p := st.pkt.DstPort
+		if src {
+			p = st.pkt.SrcPort
+		}
+		return boolM(neg, pr.has(p)), 0, ""
+	}, nil
+}
+
+func protoMatcher(proto string) matcher {
+	return func(_ *tracer, st *tstate) (mres, float64, string) {
+		if st.pkt.Proto == proto || (proto == "icmp6" || proto == "ipv6-icmp") && st.pkt.Proto == "icmpv6" {
+			return mYes, 0, ""
+		}
+		return mNo, 0, ""
+	}
+}
+
+var tcpFlagNames = map[string]uint8{
+	"FIN": TCPFin, "SYN": TCPSyn, "RST": TCPRst, "PSH": TCPPsh, "ACK": TCPAck, "URG": TCPUrg,
+	"ECE": TCPEce, "CWR": TCPCwr, "ALL": 0xff, "NONE": 0,
+}
+
+func parseTCPFlags(s string) (uint8, error) {
+	var v uint8
+	for _, f := range strings.Split(s, ",") {
+		b, ok := tcpFlagNames[strings.ToUpper(f)]
+		if !ok {
+			return 0, fmt.Errorf("unknown tcp flag %q", f)
+		}
+		v |= b
+	}
+	return v, nil
+}
+
+func ctStateMatcher(o Option) (matcher, error) {
+	if len(o.Values) != 1 {
+		return nil, fmt.Errorf("--%s needs one value", o.Name)
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(o.Values[0], ",") {
+		s = strings.ToUpper(s)
+		switch s {
+		case CTNew, CTEstablished, CTRelated, CTInvalid, CTUntracked, "SNAT", "DNAT":
+		default:
+			return nil, fmt.Errorf("--%s: unknown state %q", o.Name, s)
+		}
+		want[s] = true
+	}
+	neg := o.Negated
+	return func(_ *tracer, st *tstate) (mres, float64, string) {
+		ok := want[st.pkt.CTState] || (want["DNAT"] && st.dnat) || (want["SNAT"] && st.snat)
+		return boolM(neg, ok), 0, ""
+	}, nil
+}
+
+func markMatcher(o Option, ct bool) (matcher, error) {
+	if len(o.Values) != 1 {
+		return nil, fmt.Errorf("--%s needs one value", o.Name)
+	}
+	v, m, err := parseMarkMask(o.Values[0])
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", o.Name, err)
+	}
+	neg := o.Negated
+	return func(_ *tracer, st *tstate) (mres, float64, string) {
+		mk := st.pkt.Mark
+		if ct {
+			mk = st.pkt.CTMark
+		}
+		return boolM(neg, mk&m == v), 0, ""
+	}, nil
+}
+
+// addrType classifies an address as the kernel's addrtype match would.
+func (t *tracer) addrType(a netip.Addr, iface string, limit bool) (string, bool) {
+	if limit {
+		addrs, ok := t.env.IfaceAddrs[iface]
+		if !ok {
+			return "", false
+		}
+		for _, x := range addrs {
+			if x.Unmap() == a {
+				return "LOCAL", true
+			}
+		}
+	} else if t.isLocal(a) {
+		return "LOCAL", true
+	}
+	switch {
+	case a.IsMulticast():
+		return "MULTICAST", true
+	case a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "BROADCAST", true
+	case a.IsUnspecified():
+		return "UNSPEC", true
+	}
+	return "UNICAST", true
+}
+
+func addrtypeMatcher(o Option, src bool, limitIn, limitOut bool) (matcher, error) {
+	if len(o.Values) != 1 {
+		return nil, fmt.Errorf("--%s needs one value", o.Name)
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(o.Values[0], ",") {
+		s = strings.ToUpper(s)
+		switch s {
+		case "UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",
+			"UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE":
+		default:
+			return nil, fmt.Errorf("--%s: unknown address type %q", o.Name, s)
+		}
+		want[s] = true
+	}
+	neg := o.Negated
+	return func(t *tracer, st *tstate) (mres, float64, string) {
+		a := st.pkt.Dst
+		if src {
+			a = st.pkt.Src
+		}
+		iface, limit := "", limitIn || limitOut
+		if limitIn {
+			iface = st.pkt.InIface
+		} else if limitOut {
+			iface = st.pkt.OutIface
+		}
+		typ, ok := t.addrType(a, iface, limit)
+		if !ok {
+			return mUnknown, 0, fmt.Sprintf("addrtype: addresses of interface %q not known", iface)
+		}
+		if !want[typ] {
+			for w := range want {
+				switch w {
+				case "BLACKHOLE", "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE", "ANYCAST":
+					// route types: the routing table would tell
+					return mUnknown, 0, "addrtype " + w + " needs the routing table"
+				}
+			}
+		}
+		return boolM(neg, want[typ]), 0, ""
+	}, nil
+}
+
+var icmpTypeNames = map[string][2]int{
+	"any": {-1, -1}, "echo-reply": {0, -1}, "pong": {0, -1}, "destination-unreachable": {3, -1},
+	"network-unreachable": {3, 0}, "host-unreachable": {3, 1}, "protocol-unreachable": {3, 2},
+	"port-unreachable": {3, 3}, "fragmentation-needed": {3, 4}, "source-route-failed": {3, 5},
+	"network-unknown": {3, 6}, "host-unknown": {3, 7}, "network-prohibited": {3, 9},
+	"host-prohibited": {3, 10}, "communication-prohibited": {3, 13}, "source-quench": {4, -1},
+	"redirect": {5, -1}, "echo-request": {8, -1}, "ping": {8, -1}, "router-advertisement": {9, -1},
+	"router-solicitation": {10, -1}, "time-exceeded": {11, -1}, "ttl-zero-during-transit": {11, 0},
+	"ttl-zero-during-reassembly": {11, 1}, "parameter-problem": {12, -1},
+	"timestamp-request": {13, -1}, "timestamp-reply": {14, -1},
+}
+
+var icmp6TypeNames = map[string][2]int{
+	"any": {-1, -1}, "destination-unreachable": {1, -1}, "no-route": {1, 0},
+	"communication-prohibited": {1, 1}, "address-unreachable": {1, 3}, "port-unreachable": {1, 4},
+	"packet-too-big": {2, -1}, "time-exceeded": {3, -1}, "ttl-zero-during-transit": {3, 0},
+	"parameter-problem": {4, -1}, "echo-request": {128, -1}, "ping": {128, -1},
+	"echo-reply": {129, -1}, "pong": {129, -1}, "router-solicitation": {133, -1},
+	"router-advertisement": {134, -1}, "neighbour-solicitation": {135, -1},
+	"neighbor-solicitation": {135, -1}, "neighbour-advertisement": {136, -1},
+	"neighbor-advertisement": {136, -1}, "redirect": {137, -1},
+}
+
+func icmpTypeMatcher(o Option, v6 bool) (matcher, error) {
+	if len(o.Values) != 1 {
+		return nil, fmt.Errorf("--%s needs one value", o.Name)
+	}
+	s := o.Values[0]
+	names := icmpTypeNames
+	proto := "icmp"
+	if v6 {
+		names, proto = icmp6TypeNames, "icmpv6"
+	}
+	tc, ok := names[strings.ToLower(s)]
+	if !ok {
+		ts, cs, hasCode := strings.Cut(s, "/")
+		t, err := strconv.ParseUint(ts, 10, 8)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: unknown type %q", o.Name, s)
+		}
+		tc = [2]int{int(t), -1}
+		if hasCode {
+			c, err := strconv.ParseUint(cs, 10, 8)
+			if err != nil {
+				return nil, fmt.Errorf("--%s: bad code in %q", o.Name, s)
+			}
+			tc[1] = int(c)
+		}
+	}
+	neg := o.Negated
+	return func(_ *tracer, st *tstate) (mres, float64, string) {
+		if st.pkt.Proto != proto {
+			return mNo, 0, ""
+		}
+		ok := tc[0] < 0 || (int(st.pkt.ICMPType) == tc[0] && (tc[1] < 0 || int(st.pkt.ICMPCode) == tc[1]))
+		return boolM(neg, ok), 0, ""
+	}, nil
+}
+
+func compileIptMatch(m Match) ([]matcher, error) {
+	unsupported := func(o Option) matcher {
+		return unknownMatcher(fmt.Sprintf("unsupported option --%s of match -m %s", o.Name, m.Module))
+	}
+	var ms []matcher
+	add := func(x matcher, err error) error {
+		if err != nil {
+			return err
+		}
+		ms = append(ms, x)
+		return nil
+	}
+	switch m.Module {
+	case "comment", "nfacct", "counter":
+		return nil, nil
+	case "tcp", "udp", "sctp", "udplite":
+		ms = append(ms, protoMatcher(m.Module))
+		for _, o := range m.Options {
+			var err error
+			switch o.Name {
+			case "dport", "destination-port", "dports":
+				err = add(portMatcher(o, false))
+			case "sport", "source-port", "sports":
+				err = add(portMatcher(o, true))
+			case "tcp-flags":
+				if m.Module != "tcp" || len(o.Values) != 2 {
+					return nil, fmt.Errorf("--tcp-flags needs MASK COMP")
+				}
+				mask, e1 := parseTCPFlags(o.Values[0])
+				comp, e2 := parseTCPFlags(o.Values[1])
+				if e1 != nil || e2 != nil {
+					return nil, fmt.Errorf("--tcp-flags %q: bad flags", o.Value())
+				}
+				neg := o.Negated
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					return boolM(neg, st.pkt.TCPFlags&mask == comp), 0, ""
+				})
+			case "syn":
+				neg := o.Negated
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					return boolM(neg, st.pkt.TCPFlags&(TCPSyn|TCPRst|TCPAck|TCPFin) == TCPSyn), 0, ""
+				})
+			default:
+				ms = append(ms, unsupported(o))
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	case "icmp", "icmp6", "icmpv6":
+		v6 := m.Module != "icmp"
+		ms = append(ms, protoMatcher(map[bool]string{false: "icmp", true: "icmpv6"}[v6]))
+		for _, o := range m.Options {
+			if o.Name == "icmp-type" || o.Name == "icmpv6-type" {
+				if err := add(icmpTypeMatcher(o, v6)); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			ms = append(ms, unsupported(o))
+		}
+	case "multiport":
+		for _, o := range m.Options {
+			var src, dst bool
+			switch o.Name {
+			case "dports", "destination-ports":
+				dst = true
+			case "sports", "source-ports":
+				src = true
+			case "ports":
+				src, dst = true, true
+			default:
+				ms = append(ms, unsupported(o))
+				continue
+			}
+			if len(o.Values) != 1 {
+				return nil, fmt.Errorf("--%s needs one value", o.Name)
+			}
+			var prs []portRange
+			for _, p := range strings.Split(o.Values[0], ",") {
+				pr, err := parsePortRange(p)
+				if err != nil {
+					return nil, fmt.Errorf("--%s: %w", o.Name, err)
+				}
+				prs = append(prs, pr)
+			}
+			neg := o.Negated
+			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				if !hasPorts(st.pkt.Proto) {
+					return mNo, 0, ""
+				}
+				ok := false
+				for _, pr := range prs {
+					if (dst && pr.has(st.pkt.DstPort)) || (src && pr.has(st.pkt.SrcPort)) {
+						ok = true
+						break
+					}
+				}
+				return boolM(neg, ok), 0, ""
+			})
+		}
+	case "mark", "connmark":
+		for _, o := range m.Options {
+			if o.Name != "mark" {
+				ms = append(ms, unsupported(o))
+				continue
+			}
+			if err := add(markMatcher(o, m.Module == "connmark")); err != nil {
+				return nil, err
+			}
+		}
+	case "conntrack", "state":
+		for _, o := range m.Options {
+			var err error
+			switch o.Name {
+			case "ctstate", "state":
+				err = add(ctStateMatcher(o))
+			case "ctorigsrc", "ctorigdst":
+				pfx, perr := parseAddrOrPrefix(o.Value())
+				if perr != nil {
+					return nil, fmt.Errorf("--%s: %w", o.Name, perr)
+				}
+				src, neg := o.Name == "ctorigsrc", o.Negated
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					a := st.orig.Dst
+					if src {
+						a = st.orig.Src
+					}
+					return boolM(neg, pfx.Contains(a)), 0, ""
+				})
+			case "ctorigdstport", "ctorigsrcport":
+				pr, perr := parsePortRange(o.Value())
+				if perr != nil {
+					return nil, fmt.Errorf("--%s: %w", o.Name, perr)
+				}
+				src, neg := o.Name == "ctorigsrcport", o.Negated
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					p := st.orig.DstPort
+					if src {
+						p = st.orig.SrcPort
+					}
+					return boolM(neg, pr.has(p)), 0, ""
+				})
+			case "ctproto":
+				n, ok := protoNum(o.Value())
+				if !ok {
+					return nil, fmt.Errorf("--ctproto %q: unknown protocol", o.Value())
+				}
+				neg := o.Negated
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					pn, _ := protoNum(st.orig.Proto)
+					return boolM(neg, pn == n), 0, ""
+				})
+			case "ctdir":
+				// traced packets travel in the original direction unless
+				// they are replies (ESTABLISHED/RELATED): that is unknown
+				orig := strings.EqualFold(o.Value(), "ORIGINAL")
+				neg := o.Negated
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					if st.pkt.CTState == CTNew {
+						return boolM(neg, orig), 0, ""
+					}
+					return mUnknown, 0, "conntrack --ctdir of a non-NEW packet is not known"
+				})
+			default:
+				ms = append(ms, unsupported(o))
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	case "addrtype":
+		limitIn, limitOut := false, false
+		for _, o := range m.Options {
+			limitIn = limitIn || o.Name == "limit-iface-in"
+			limitOut = limitOut || o.Name == "limit-iface-out"
+		}
+		for _, o := range m.Options {
+			var err error
+			switch o.Name {
+			case "src-type":
+				err = add(addrtypeMatcher(o, true, limitIn, limitOut))
+			case "dst-type":
+				err = add(addrtypeMatcher(o, false, limitIn, limitOut))
+			case "limit-iface-in", "limit-iface-out":
+			default:
+				ms = append(ms, unsupported(o))
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	case "statistic":
+		mode, _ := m.Option("mode")
+		switch mode.Value() {
+		case "random":
+			po, ok := m.Option("probability")
+			if !ok {
+				return nil, fmt.Errorf("--mode random needs --probability")
+			}
+			p, err := strconv.ParseFloat(po.Value(), 64)
+			if err != nil || p < 0 || p > 1 {
+				return nil, fmt.Errorf("--probability %q: want a number in [0,1]", po.Value())
+			}
+			if po.Negated {
+				p = 1 - p
+			}
+			ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return mProb, p, "" })
+		case "nth":
+			eo, ok := m.Option("every")
+			if !ok {
+				return nil, fmt.Errorf("--mode nth needs --every")
+			}
+			n, err := strconv.ParseUint(eo.Value(), 10, 32)
+			if err != nil || n == 0 {
+				return nil, fmt.Errorf("--every %q: want a positive number", eo.Value())
+			}
+			p := 1 / float64(n)
+			if eo.Negated {
+				p = 1 - p
+			}
+			ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return mProb, p, "" })
+		default:
+			ms = append(ms, unknownMatcher(fmt.Sprintf("unsupported statistic mode %q", mode.Value())))
+		}
+	case "set":
+		for _, o := range m.Options {
+			switch o.Name {
+			case "match-set":
+				if len(o.Values) != 2 {
+					return nil, fmt.Errorf("--match-set needs NAME FLAGS")
+				}
+				name, flags := o.Values[0], strings.Split(o.Values[1], ",")
+				for _, f := range flags {
+					if f != "src" && f != "dst" {
+						return nil, fmt.Errorf("--match-set %s: bad flag %q", name, f)
+					}
+				}
+				neg := o.Negated
+				ms = append(ms, func(t *tracer, st *tstate) (mres, float64, string) {
+					set := t.env.Ipsets[name]
+					if set == nil {
+						return mUnknown, 0, fmt.Sprintf("contents of ipset %q not known", name)
+					}
+					ok, err := set.Contains(st.pkt, flags, t.env.Ipsets)
+					if err != nil {
+						return mUnknown, 0, err.Error()
+					}
+					return boolM(neg, ok), 0, ""
+				})
+			case "return-nomatch", "update-counters", "update-subcounters":
+				if o.Name == "return-nomatch" {
+					ms = append(ms, unsupported(o))
+				}
+			default:
+				ms = append(ms, unsupported(o))
+			}
+		}
+	case "physdev":
+		for _, o := range m.Options {
+			neg := o.Negated
+			switch o.Name {
+			case "physdev-in", "physdev-out":
+				in, pat := o.Name == "physdev-in", o.Value()
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					n := st.pkt.PhysOutIface
+					if in {
+						n = st.pkt.PhysInIface
+					}
+					return boolM(neg, ifaceMatch(pat, n)), 0, ""
+				})
+			case "physdev-is-in", "physdev-is-out", "physdev-is-bridged":
+				name := o.Name
+				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+					var ok bool
+					switch name {
+					case "physdev-is-in":
+						ok = st.pkt.PhysInIface != ""
+					case "physdev-is-out":
+						ok = st.pkt.PhysOutIface != ""
+					default:
+						ok = st.pkt.PhysInIface != "" || st.pkt.PhysOutIface != ""
+					}
+					return boolM(neg, ok), 0, ""
+				})
+			default:
+				ms = append(ms, unsupported(o))
+			}
+		}
+	case "limit":
+		// A single traced packet is within any rate limit (the burst
+		// allows at least one packet): the match is true.
+		for _, o := range m.Options {
+			if o.Name != "limit" && o.Name != "limit-burst" {
+				ms = append(ms, unsupported(o))
+			}
+		}
+		ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return mYes, 0, "" })
+	case "hashlimit":
+		above := false
+		for _, o := range m.Options {
+			above = above || o.Name == "hashlimit-above"
+		}
+		// one packet is under the limit: "--hashlimit-upto" matches,
+		// "--hashlimit-above" does not
+		ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return boolM(above, true), 0, "" })
+	case "recent":
+		for _, o := range m.Options {
+			switch o.Name {
+			case "set":
+				neg := o.Negated
+				ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, true), 0, "" })
+			case "name", "rsource", "rdest", "mask", "reap", "rttl", "seconds", "hitcount":
+			default:
+				ms = append(ms, unknownMatcher(fmt.Sprintf("match -m recent --%s depends on earlier packets", o.Name)))
+			}
+		}
+	case "length":
+		for _, o := range m.Options {
+			if o.Name != "length" {
+				ms = append(ms, unsupported(o))
+				continue
+			}
+			pr, err := parsePortRange(o.Value())
+			if err != nil {
+				return nil, fmt.Errorf("--length: %w", err)
+			}
+			neg := o.Negated
+			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				if st.pkt.Length == 0 {
+					return mUnknown, 0, "match -m length: packet length not given"
+				}
+				return boolM(neg, pr.has(st.pkt.Length)), 0, ""
+			})
+		}
+	case "iprange":
+		for _, o := range m.Options {
+			if o.Name != "src-range" && o.Name != "dst-range" {
+				ms = append(ms, unsupported(o))
+				continue
+			}
+			a, b, ok := strings.Cut(o.Value(), "-")
+			lo, e1 := netip.ParseAddr(a)
+			hi, e2 := netip.ParseAddr(b)
+			if !ok || e1 != nil || e2 != nil {
+				return nil, fmt.Errorf("--%s %q: want ADDR-ADDR", o.Name, o.Value())
+			}
+			src, neg := o.Name == "src-range", o.Negated
+			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				x := st.pkt.Dst
+				if src {
+					x = st.pkt.Src
+				}
+				return boolM(neg, x.Compare(lo) >= 0 && x.Compare(hi) <= 0), 0, ""
+			})
+		}
+	case "pkttype":
+		for _, o := range m.Options {
+			if o.Name != "pkt-type" {
+				ms = append(ms, unsupported(o))
+				continue
+			}
+			want, neg := strings.ToLower(o.Value()), o.Negated
+			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				typ := "unicast"
+				if st.pkt.Dst.IsMulticast() {
+					typ = "multicast"
+				} else if st.pkt.Dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+					typ = "broadcast"
+				}
+				return boolM(neg, typ == want), 0, ""
+			})
+		}
+	default:
+		ms = append(ms, unknownMatcher("unsupported match -m "+m.Module))
+	}
+	return ms, nil
+}
+
+func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
+	opt := func(name string) (string, bool) {
+		o, ok := r.TargetOption(name)
+		return o.Value(), ok
+	}
+	ir.action = r.Target
+	switch r.Target {
+	case "":
+		ir.kind = tNone
+		ir.action = "match (no target)"
+	case "ACCEPT":
+		ir.kind = tAccept
+	case "DROP":
+		ir.kind = tDrop
+	case "REJECT":
+		ir.kind = tReject
+		if v, ok := opt("reject-with"); ok {
+			ir.action = "REJECT " + v
+		}
+	case "RETURN":
+		ir.kind = tReturn
+	case "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "TCPMSS", "CLASSIFY", "DSCP", "TOS", "TTL", "HL",
+		"CHECKSUM", "SET", "ECN", "IDLETIMER", "LED", "TEE", "SECMARK", "CONNSECMARK", "RATEEST", "TPROXY_MARK":
+		ir.kind = tContinue
+		if v, ok := opt("log-prefix"); ok {
+			ir.action = r.Target + " " + strconv.Quote(v)
+		}
+	case "NOTRACK":
+		ir.kind = tNotrack
+	case "CT":
+		ir.kind = tContinue
+		if _, ok := opt("notrack"); ok {
+			ir.kind = tNotrack
+			ir.action = "CT --notrack"
+		}
+	case "MARK", "CONNMARK":
+		ir.kind = tMark
+		if r.Target == "CONNMARK" {
+			ir.kind = tConnmark
+		}
+		ir.nfmask, ir.ctmask = 0xffffffff, 0xffffffff
+		for _, o := range r.TargetOptions {
+			var v, m uint32
+			var err error
+			if len(o.Values) > 0 {
+				v, m, err = parseMarkMask(o.Values[0])
+				if err != nil {
+					return fmt.Errorf("--%s: %w", o.Name, err)
+				}
+			}
+			switch o.Name {
+			case "set-xmark":
+				ir.markClear, ir.markXor = m, v
+			case "set-mark":
+				ir.markClear, ir.markXor = m|v, v
+			case "and-mark":
+				ir.markClear, ir.markXor = ^v, 0
+			case "or-mark":
+				ir.markClear, ir.markXor = v, v
+			case "xor-mark":
+				ir.markClear, ir.markXor = 0, v
+			case "save-mark":
+				if r.Target != "CONNMARK" {
+					return fmt.Errorf("--save-mark is a CONNMARK option")
+				}
+				ir.ctSave = true
+				if len(o.Values) > 0 { // old "--save-mark --mask"
+					ir.nfmask, ir.ctmask = m, m
+				}
+			case "restore-mark":
+				if r.Target != "CONNMARK" {
+					return fmt.Errorf("--restore-mark is a CONNMARK option")
+				}
+				ir.ctRestore = true
+			case "nfmask":
+				ir.nfmask = v
+			case "ctmask":
+				ir.ctmask = v
+			case "mask":
+				ir.nfmask, ir.ctmask = v, v
+			default:
+				ir.kind = tUnknown
+				ir.reason = fmt.Sprintf("unsupported option --%s of target %s", o.Name, r.Target)
+			}
+		}
+		ir.action = strings.TrimSpace(r.Target + " " + optsText(r.TargetOptions))
+	case "DNAT", "SNAT":
+		name := "to-destination"
+		ir.kind = tDNAT
+		if r.Target == "SNAT" {
+			name, ir.kind = "to-source", tSNAT
+		}
+		v, ok := opt(name)
+		if !ok {
+			return fmt.Errorf("missing --%s", name)
+		}
+		a, p, ranged, err := parseNATTarget(v)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", name, err)
+		}
+		ir.natAddr, ir.natPort, ir.natRanged = a, p, ranged
+		ir.action = r.Target + " " + v
+	case "MASQUERADE", "REDIRECT":
+		ir.kind = tMasquerade
+		if r.Target == "REDIRECT" {
+			ir.kind = tRedirect
+		}
+		if v, ok := opt("to-ports"); ok {
+			pr, err := parsePortRange(v)
+			if err != nil {
+				return fmt.Errorf("--to-ports: %w", err)
+			}
+			ir.natPort = pr.lo
+			ir.natRanged = pr.lo != pr.hi
+		}
+	default:
+		if c := tb.Chain(r.Target); c != nil {
+			ir.kind = tJump
+			ir.jump = c
+			if r.Goto {
+				ir.action = "goto " + r.Target
+			} else {
+				ir.action = "jump " + r.Target
+			}
+			return nil
+		}
+		if strings.ToUpper(r.Target) != r.Target {
+			return fmt.Errorf("jump to undeclared chain %q", r.Target)
+		}
+		ir.kind = tUnknown
+		ir.reason = "unsupported target -j " + r.Target
+	}
+	return nil
+}
+
+func optsText(os []Option) string {
+	var b strings.Builder
+	for i, o := range os {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if o.Negated {
+			b.WriteString("! ")
+		}
+		b.WriteString("--" + o.Name)
+		for _, v := range o.Values {
+			b.WriteByte(' ')
+			b.WriteString(v)
+		}
+	}
+	return b.String()
+}
+
+// matchRule evaluates all conditions of a rule. All must hold; a definite
+// mismatch wins over an unknown one (the conditions are a conjunction).
+func (ir *iptRule) match(t *tracer, st *tstate) (mres, float64, string) {
+	res, p, reason := mYes, 1.0, ""
+	for _, m := range ir.matchers {
+		r, q, why := m(t, st)
+		switch r {
+		case mNo:
+			return mNo, 0, ""
+		case mUnknown:
+			if res != mUnknown {
+				res, reason = mUnknown, why
+			}
+		case mProb:
+			p *= q
+			if res == mYes {
+				res = mProb
+			}
+		}
+	}
+	if res == mProb && p >= 1 {
+		res = mYes
+	}
+	if res == mProb && p <= 0 {
+		return mNo, 0, ""
+	}
+	return res, p, reason
+}
+
+func (t *tracer) iptBase(st *tstate, bc baseChain) []branch {
+	var out []branch
+	for _, b := range t.iptRun(bc.rs, st, bc.chain, 0, 0) {
+		if b.kind == endReturn {
+			pol := bc.chain.Policy
+			if pol != "ACCEPT" || len(bc.chain.Rules) > 0 {
+				b.st.hit(bc.rs, bc.chain, 0, "policy "+pol, "policy "+pol)
+			}
+			switch pol {
+			case "DROP":
+				b.kind = endDrop
+				b.st.reason = fmt.Sprintf("policy DROP of %s/%s", bc.table.Name, bc.chain.Name)
+			case "ACCEPT", "RETURN":
+				b.kind = endAccept
+			default:
+				b.kind = endUnknown
+				b.st.reason = fmt.Sprintf("policy %s of %s/%s hands the packet to userspace", pol, bc.table.Name, bc.chain.Name)
+			}
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// iptRun evaluates chain c from rule index start.
+func (t *tracer) iptRun(rs *Ruleset, st *tstate, c *Chain, start, depth int) []branch {
+	if depth > maxDepth {
+		st.reason = "jump depth exceeds " + strconv.Itoa(maxDepth) + " at chain " + c.Name + " (loop?)"
+		return []branch{{st: st, kind: endUnknown}}
+	}
+	rules := c.Rules
+	for i := start; i < len(rules); i++ {
+		if c.index != nil {
+			i = c.index.next(i, st.pkt.Dst)
+			if i >= len(rules) {
+				break
+			}
+		}
+		r := rules[i]
+		res, p, reason := r.ipt.match(t, st)
+		switch res {
+		case mNo:
+			continue
+		case mUnknown:
+			return []branch{st.unknownAt(rs, r, reason)}
+		case mProb:
+			taken := st.clone()
+			taken.prob *= p
+			st.prob *= 1 - p
+			out := t.iptApply(rs, taken, c, i, depth, fmt.Sprintf(" (probability %.4g)", p))
+			return append(out, t.iptRun(rs, st, c, i+1, depth)...)
+		}
+		bs, cont := t.iptTarget(rs, st, c, i, depth, "")
+		if cont {
+			continue
+		}
+		return bs
+	}
+	return []branch{{st: st, kind: endReturn}}
+}
+
+// iptApply applies rule i's target and continues the chain where needed.
+func (t *tracer) iptApply(rs *Ruleset, st *tstate, c *Chain, i, depth int, note string) []branch {
+	bs, cont := t.iptTarget(rs, st, c, i, depth, note)
+	if cont {
+		return t.iptRun(rs, st, c, i+1, depth)
+	}
+	return bs
+}
+
+// iptTarget applies the target of rule i. It returns the resulting
+// branches, or cont=true when st continues with the next rule.
+func (t *tracer) iptTarget(rs *Ruleset, st *tstate, c *Chain, i, depth int, note string) ([]branch, bool) {
+	r := c.Rules[i]
+	ir := r.ipt
+	hit := func(action string) { st.hit(rs, c, r.Position, r.Text, action+note) }
+	switch ir.kind {
+	case tNone, tContinue:
+		hit(ir.action)
+		return nil, true
+	case tAccept:
+		hit(ir.action)
+		return []branch{{st: st, kind: endAccept}}, false
+	case tDrop:
+		hit(ir.action)
+		st.reason = fmt.Sprintf("dropped by %s/%s rule %d", c.table.Name, c.Name, r.Position)
+		return []branch{{st: st, kind: endDrop}}, false
+	case tReject:
+		hit(ir.action)
+		st.reason = fmt.Sprintf("rejected by %s/%s rule %d", c.table.Name, c.Name, r.Position)
+		return []branch{{st: st, kind: endReject}}, false
+	case tReturn:
+		hit(ir.action)
+		return []branch{{st: st, kind: endReturn}}, false
+	case tNotrack:
+		hit(ir.action)
+		st.pkt.CTState = CTUntracked
+		return nil, true
+	case tMark:
+		hit(ir.action)
+		st.pkt.Mark = st.pkt.Mark&^ir.markClear ^ ir.markXor
+		return nil, true
+	case tConnmark:
+		hit(ir.action)
+		switch {
+		case ir.ctSave:
+			st.pkt.CTMark = st.pkt.CTMark&^ir.ctmask ^ st.pkt.Mark&ir.nfmask
+		case ir.ctRestore:
+			st.pkt.Mark = st.pkt.Mark&^ir.nfmask ^ st.pkt.CTMark&ir.ctmask
+		default:
+			st.pkt.CTMark = st.pkt.CTMark&^ir.markClear ^ ir.markXor
+		}
+		return nil, true
+	case tDNAT, tSNAT, tMasquerade, tRedirect:
+		if why := t.nat(st, ir.kind, ir.natAddr, ir.natPort); why != "" {
+			return []branch{st.unknownAt(rs, r, why)}, false
+		}
+		a := ir.action
+		if ir.kind == tMasquerade || ir.kind == tRedirect {
+			a += " to " + natTo(ir.kind, st.pkt)
+		}
+		if ir.natRanged {
+			a += " (first of the range; the kernel picks one)"
+		}
+		hit(a)
+		return []branch{{st: st, kind: endAccept}}, false
+	case tJump:
+		hit(ir.action)
+		sub := t.iptRun(rs, st, ir.jump, 0, depth+1)
+		if r.Goto {
+			return sub, false
+		}
+		if len(sub) == 1 && sub[0].kind == endReturn && sub[0].st == st {
+			return nil, true
+		}
+		var out []branch
+		for _, b := range sub {
+			if b.kind == endReturn {
+				out = append(out, t.iptRun(rs, b.st, c, i+1, depth)...)
+			} else {
+				out = append(out, b)
+			}
+		}
+		return out, false
+	default:
+		return []branch{st.unknownAt(rs, r, ir.reason)}, false
+	}
+}
+
+func natTo(k iptTargetKind, p Packet) string {
+	if k == tMasquerade {
+		if p.SrcPort != 0 {
+			return netip.AddrPortFrom(p.Src, p.SrcPort).String()
+		}
+		return p.Src.String()
+	}
+	if p.DstPort != 0 {
+		return netip.AddrPortFrom(p.Dst, p.DstPort).String()
+	}
+	return p.Dst.String()
+}
+
+// nat rewrites the packet; it returns a reason when it cannot.
+func (t *tracer) nat(st *tstate, k iptTargetKind, addr netip.Addr, port uint16) string {
+	v4 := st.pkt.Dst.Is4()
+	if addr.IsValid() && addr.Is4() != v4 {
+		return "NAT address family differs from the packet's"
+	}
+	switch k {
+	case tDNAT:
+		if addr.IsValid() {
+			st.pkt.Dst = addr
+		}
+		if port != 0 && hasPorts(st.pkt.Proto) {
+			st.pkt.DstPort = port
+		}
+		st.dnat = true
+	case tRedirect:
+		var a netip.Addr
+		if st.hook == "output" {
+			a = netip.MustParseAddr("127.0.0.1")
+			if !v4 {
+				a = netip.IPv6Loopback()
+			}
+		} else {
+			a = t.ifaceAddr(st.pkt.InIface, v4)
+			if !a.IsValid() {
+				return fmt.Sprintf("REDIRECT: address of in interface %q not known", st.pkt.InIface)
+			}
+		}
+		st.pkt.Dst = a
+		if port != 0 && hasPorts(st.pkt.Proto) {
+			st.pkt.DstPort = port
+		}
+		st.dnat = true
+	case tSNAT:
+		if addr.IsValid() {
+			st.pkt.Src = addr
+		}
+		if port != 0 && hasPorts(st.pkt.Proto) {
+			st.pkt.SrcPort = port
+		}
+		st.snat = true
+	case tMasquerade:
+		a := t.ifaceAddr(st.pkt.OutIface, v4)
+		if !a.IsValid() {
+			return fmt.Sprintf("MASQUERADE: address of out interface %q not known", st.pkt.OutIface)
+		}
+		st.pkt.Src = a
+		if port != 0 && hasPorts(st.pkt.Proto) {
+			st.pkt.SrcPort = port
+		}
+		st.snat = true
+	}
+	st.natted = true
+	return ""
+}
+
+func (t *tracer) ifaceAddr(iface string, v4 bool) netip.Addr {
+	for _, a := range t.env.IfaceAddrs[iface] {
+		a = a.Unmap()
+		if a.Is4() == v4 {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// dstIndex lets a chain of many "-d ADDR/32 ..." rules (kube-proxy's
+// KUBE-SERVICES) skip straight to the rules that can match a destination.
+// Rules without such a host destination are never skipped.
+type dstIndex struct {
+	keyed  []bool
+	runEnd []int32
+	byDst  map[netip.Addr][]int32
+}
+
+const minIndexedRules = 16
+
+func hostDst(r *Rule) (netip.Addr, bool) {
+	var a netip.Addr
+	n := 0
+	for _, o := range r.Basic {
+		if o.Name == "d" {
+			n++
+			if o.Negated || len(o.Values) != 1 {
+				return a, false
+			}
+			p, err := parseAddrOrPrefix(o.Values[0])
+			if err != nil || !p.IsSingleIP() {
+				return a, false
+			}
+			a = p.Addr()
+		}
+	}
+	return a, n == 1
+}
+
+func buildDstIndex(c *Chain) *dstIndex {
+	if len(c.Rules) < minIndexedRules {
+		return nil
+	}
+	ix := &dstIndex{keyed: make([]bool, len(c.Rules)), runEnd: make([]int32, len(c.Rules)), byDst: map[netip.Addr][]int32{}}
+	keyed := 0
+	for i, r := range c.Rules {
+		if a, ok := hostDst(r); ok {
+			ix.keyed[i] = true
+			ix.byDst[a] = append(ix.byDst[a], int32(i))
+			keyed++
+		}
+	}
+	if keyed < minIndexedRules {
+		return nil
+	}
+	end := int32(len(c.Rules))
+	for i := len(c.Rules) - 1; i >= 0; i-- {
+		if !ix.keyed[i] {
+			end = int32(i)
+		}
+		ix.runEnd[i] = end
+	}
+	return ix
+}
+
+// next returns the first index >= i whose rule may match dst.
+func (ix *dstIndex) next(i int, dst netip.Addr) int {
+	if !ix.keyed[i] {
+		return i
+	}
+	end := int(ix.runEnd[i])
+	list := ix.byDst[dst]
+	k := sort.Search(len(list), func(k int) bool { return int(list[k]) >= i })
+	if k < len(list) && int(list[k]) < end {
+		return int(list[k])
+	}
+	return end
+}

@@ -1,0 +1,423 @@
+package netfilter
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// Flow is the path a packet takes through the netfilter hooks.
+type Flow int
+
+const (
+	// FlowInput is a packet received for this host: PREROUTING, INPUT.
+	FlowInput Flow = iota + 1
+	// FlowOutput is a locally generated packet routed out: OUTPUT, POSTROUTING.
+	FlowOutput
+	// FlowForward is a routed packet: PREROUTING, FORWARD, POSTROUTING.
+	FlowForward
+	// FlowInbound is a received packet whose route is decided after
+	// PREROUTING, as the kernel does: if its (possibly DNATed) destination
+	// is one of Env.LocalAddrs it goes to INPUT, otherwise to FORWARD and
+	// POSTROUTING (through Packet.OutIface).
+	FlowInbound
+)
+
+// String returns the hooks of the flow, e.g. "prerouting>forward>postrouting".
+func (f Flow) String() string {
+	switch f {
+	case FlowInput:
+		return "prerouting>input"
+	case FlowOutput:
+		return "output>postrouting"
+	case FlowForward:
+		return "prerouting>forward>postrouting"
+	case FlowInbound:
+		return "prerouting>(input|forward>postrouting)"
+	}
+	return fmt.Sprintf("flow(%d)", int(f))
+}
+
+// Conntrack states of a Packet.
+const (
+	CTNew         = "NEW"
+	CTEstablished = "ESTABLISHED"
+	CTRelated     = "RELATED"
+	CTInvalid     = "INVALID"
+	CTUntracked   = "UNTRACKED"
+)
+
+// TCP flag bits for Packet.TCPFlags.
+const (
+	TCPFin uint8 = 1 << iota
+	TCPSyn
+	TCPRst
+	TCPPsh
+	TCPAck
+	TCPUrg
+	TCPEce
+	TCPCwr
+)
+
+// Packet is the packet to trace. Zero values mean: CTState NEW, TCPFlags
+// SYN for a NEW tcp packet and ACK otherwise; Length 0 means unknown.
+type Packet struct {
+	Src, Dst netip.Addr
+	// Proto is "tcp", "udp", "icmp", "icmpv6" or "sctp".
+	Proto            string
+	SrcPort, DstPort uint16
+	// ICMPType and ICMPCode for icmp/icmpv6 packets (8/0 = echo request).
+	ICMPType, ICMPCode uint8
+	TCPFlags           uint8
+	// InIface and OutIface are the interfaces; PhysInIface and
+	// PhysOutIface the bridge ports when the packet crosses a bridge
+	// (physdev match).
+	InIface, OutIface         string
+	PhysInIface, PhysOutIface string
+	Mark, CTMark              uint32
+	// CTState is NEW (default), ESTABLISHED, RELATED, INVALID or UNTRACKED.
+	CTState string
+	// Length is the IP packet length in bytes, 0 if unknown.
+	Length uint16
+}
+
+// String renders the packet like "tcp 10.0.0.1:1234 -> 10.96.0.1:80".
+func (p Packet) String() string {
+	var b strings.Builder
+	b.WriteString(p.Proto)
+	b.WriteByte(' ')
+	if p.SrcPort != 0 || p.DstPort != 0 {
+		b.WriteString(netip.AddrPortFrom(p.Src, p.SrcPort).String())
+		b.WriteString(" -> ")
+		b.WriteString(netip.AddrPortFrom(p.Dst, p.DstPort).String())
+	} else {
+		b.WriteString(p.Src.String() + " -> " + p.Dst.String())
+	}
+	if p.Mark != 0 {
+		fmt.Fprintf(&b, " mark 0x%x", p.Mark)
+	}
+	return b.String()
+}
+
+// Env is what the tracer knows about the node.
+type Env struct {
+	// LocalAddrs are the node's own addresses (addrtype LOCAL, fib daddr
+	// type local). Loopback addresses are always local.
+	LocalAddrs []netip.Addr
+	// IfaceAddrs are the addresses of each interface, primary first
+	// (MASQUERADE source, REDIRECT destination, --limit-iface-in/out).
+	IfaceAddrs map[string][]netip.Addr
+	// Ipsets are the node's ipsets by name (-m set --match-set).
+	Ipsets map[string]*Ipset
+}
+
+// Verdict is the fate of a traced packet.
+type Verdict string
+
+// Verdicts of an Outcome.
+const (
+	VerdictAccept  Verdict = "accept"
+	VerdictDrop    Verdict = "drop"
+	VerdictReject  Verdict = "reject"
+	VerdictUnknown Verdict = "unknown"
+)
+
+// Hit is one rule (or chain policy) that a traced packet matched: the
+// evidence of a netfilter finding.
+type Hit struct {
+	// Backend is "iptables" or "nftables"; Source the Ruleset's label.
+	Backend string `json:"backend"`
+	Source  string `json:"source,omitempty"`
+	Family  string `json:"family"`
+	Hook    string `json:"hook"`
+	Table   string `json:"table"`
+	Chain   string `json:"chain"`
+	// Position is the 1-based rule position in the chain; 0 for the
+	// chain's policy.
+	Position int `json:"position"`
+	// Text is the rule as printed ("-A KUBE-SERVICES -d ..."), or
+	// "policy DROP" for a chain policy.
+	Text string `json:"text"`
+	// Action is what the rule did: "jump KUBE-SVC-X", "DNAT 10.1.0.5:80",
+	// "ACCEPT", "MARK 0x4000", "match (probability 0.33)", "policy DROP".
+	Action string `json:"action"`
+}
+
+// String renders the hit as "table/chain#position: action".
+func (h Hit) String() string {
+	return fmt.Sprintf("%s %s/%s#%d: %s", h.Backend, h.Table, h.Chain, h.Position, h.Action)
+}
+
+// Outcome is one possible fate of the packet. Probabilistic rules
+// (statistic, numgen) make several outcomes whose probabilities sum to 1.
+type Outcome struct {
+	Verdict     Verdict `json:"verdict"`
+	Probability float64 `json:"probability"`
+	// Packet is the packet as it leaves the last hook (after NAT, marks).
+	Packet Packet `json:"packet"`
+	// Hooks are the hooks traversed, e.g. ["prerouting", "forward", "postrouting"].
+	Hooks []string `json:"hooks"`
+	// Hits are the rules and policies the packet matched, in order.
+	Hits []Hit `json:"hits"`
+	// Reason explains a drop, reject or unknown verdict, e.g.
+	// "unsupported match -m foo" or "policy DROP of filter/FORWARD".
+	Reason string `json:"reason,omitempty"`
+}
+
+// LastHit returns the last rule hit, or a zero Hit.
+func (o Outcome) LastHit() Hit {
+	if len(o.Hits) == 0 {
+		return Hit{}
+	}
+	return o.Hits[len(o.Hits)-1]
+}
+
+// Hit reports whether the outcome hit a rule in the named chain (any table).
+func (o Outcome) HitChain(chain string) bool {
+	for _, h := range o.Hits {
+		if h.Chain == chain {
+			return true
+		}
+	}
+	return false
+}
+
+type endKind uint8
+
+const (
+	endReturn endKind = iota // fell off / RETURN: continue in the caller
+	endAccept
+	endDrop
+	endReject
+	endUnknown
+)
+
+type tstate struct {
+	pkt    Packet
+	orig   Packet // as it entered the trace (conntrack original tuple)
+	prob   float64
+	hits   []Hit
+	hooks  []string
+	hook   string
+	dnat   bool // conntrack virtual states
+	snat   bool
+	natted bool // a NAT binding was made at this hook
+	reason string
+}
+
+func (s *tstate) clone() *tstate {
+	c := *s
+	c.hits = s.hits[:len(s.hits):len(s.hits)]
+	c.hooks = s.hooks[:len(s.hooks):len(s.hooks)]
+	return &c
+}
+
+type branch struct {
+	st   *tstate
+	kind endKind
+}
+
+// maxDepth bounds jumps (the kernel rejects loops at load time; a parsed
+// dump may still contain one).
+const maxDepth = 128
+
+// Trace sends pkt along flow through every ruleset (all of them see the
+// packet, base chains of each hook ordered by priority) and returns every
+// possible outcome. Env supplies the node's addresses and ipsets.
+func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, error) {
+	if err := normalizePacket(&pkt); err != nil {
+		return nil, err
+	}
+	var hooks []string
+	switch flow {
+	case FlowInput:
+		hooks = []string{"prerouting", "input"}
+	case FlowOutput:
+		hooks = []string{"output", "postrouting"}
+	case FlowForward:
+		hooks = []string{"prerouting", "forward", "postrouting"}
+	case FlowInbound:
+		hooks = []string{"prerouting"}
+	default:
+		return nil, fmt.Errorf("trace %s: unknown flow %d", pkt, int(flow))
+	}
+	t := &tracer{rulesets: rulesets, env: &env}
+	t.local = make(map[netip.Addr]bool, len(env.LocalAddrs))
+	for _, a := range env.LocalAddrs {
+		t.local[a.Unmap()] = true
+	}
+	st := &tstate{pkt: pkt, orig: pkt, prob: 1}
+	var out []Outcome
+	t.run(st, hooks, flow == FlowInbound, &out)
+	return out, nil
+}
+
+func normalizePacket(p *Packet) error {
+	if !p.Src.IsValid() || !p.Dst.IsValid() {
+		return errors.New("trace: packet needs a source and a destination address")
+	}
+	p.Src, p.Dst = p.Src.Unmap(), p.Dst.Unmap()
+	if p.Src.Is4() != p.Dst.Is4() {
+		return fmt.Errorf("trace: source %s and destination %s are of different families", p.Src, p.Dst)
+	}
+	p.Proto = strings.ToLower(p.Proto)
+	switch p.Proto {
+	case "tcp", "udp", "sctp", "icmp", "udplite":
+	case "icmpv6", "ipv6-icmp", "icmp6":
+		p.Proto = "icmpv6"
+	case "":
+		return errors.New("trace: packet needs a protocol (tcp, udp, icmp, icmpv6, sctp)")
+	default:
+		return fmt.Errorf("trace: unknown protocol %q (want tcp, udp, icmp, icmpv6, sctp)", p.Proto)
+	}
+	p.CTState = strings.ToUpper(p.CTState)
+	switch p.CTState {
+	case "":
+		p.CTState = CTNew
+	case CTNew, CTEstablished, CTRelated, CTInvalid, CTUntracked:
+	default:
+		return fmt.Errorf("trace: unknown conntrack state %q", p.CTState)
+	}
+	if p.Proto == "tcp" && p.TCPFlags == 0 {
+		if p.CTState == CTNew {
+			p.TCPFlags = TCPSyn
+		} else {
+			p.TCPFlags = TCPAck
+		}
+	}
+	return nil
+}
+
+type tracer struct {
+	rulesets []*Ruleset
+	env      *Env
+	local    map[netip.Addr]bool
+}
+
+func (t *tracer) isLocal(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() || t.local[a]
+}
+
+// baseChain is a chain attached to a hook.
+type baseChain struct {
+	rs    *Ruleset
+	table *Table
+	chain *Chain
+	prio  int
+	nat   bool
+}
+
+func familyOK(tableFamily string, v4 bool) bool {
+	switch tableFamily {
+	case "ip":
+		return v4
+	case "ip6":
+		return !v4
+	case "inet":
+		return true
+	}
+	return false
+}
+
+func (t *tracer) baseChains(hook string, v4 bool) []baseChain {
+	var bcs []baseChain
+	for _, rs := range t.rulesets {
+		if rs == nil {
+			continue
+		}
+		for _, tb := range rs.Tables {
+			if !familyOK(tb.Family, v4) {
+				continue
+			}
+			for _, c := range tb.Chains {
+				if c.Builtin && c.Hook == hook {
+					bcs = append(bcs, baseChain{rs: rs, table: tb, chain: c, prio: c.Priority, nat: c.Type == "nat"})
+				}
+			}
+		}
+	}
+	sort.SliceStable(bcs, func(i, j int) bool { return bcs[i].prio < bcs[j].prio })
+	return bcs
+}
+
+func (t *tracer) run(st *tstate, hooks []string, inbound bool, out *[]Outcome) {
+	for hi, hook := range hooks {
+		st.hook = hook
+		st.natted = false
+		st.hooks = append(st.hooks, hook)
+		bcs := t.baseChains(hook, st.pkt.Dst.Is4())
+		live := []*tstate{st}
+		for _, bc := range bcs {
+			var next []*tstate
+			for _, s := range live {
+				if bc.nat && (s.natted || s.pkt.CTState != CTNew) {
+					next = append(next, s)
+					continue
+				}
+				for _, b := range t.evalBase(s, bc) {
+					if b.kind == endAccept {
+						next = append(next, b.st)
+						continue
+					}
+					*out = append(*out, b.st.outcome(b.kind))
+				}
+			}
+			live = next
+		}
+		if len(live) != 1 || live[0] != st {
+			rest := hooks[hi+1:]
+			for _, s := range live {
+				t.run(s, rest, inbound, out)
+			}
+			return
+		}
+	}
+	if inbound {
+		if t.isLocal(st.pkt.Dst) {
+			t.run(st, []string{"input"}, false, out)
+		} else {
+			t.run(st, []string{"forward", "postrouting"}, false, out)
+		}
+		return
+	}
+	*out = append(*out, st.outcome(endAccept))
+}
+
+func (s *tstate) outcome(k endKind) Outcome {
+	o := Outcome{Probability: s.prob, Packet: s.pkt, Hits: s.hits, Hooks: s.hooks, Reason: s.reason}
+	switch k {
+	case endAccept:
+		o.Verdict = VerdictAccept
+	case endDrop:
+		o.Verdict = VerdictDrop
+	case endReject:
+		o.Verdict = VerdictReject
+	default:
+		o.Verdict = VerdictUnknown
+	}
+	return o
+}
+
+func (t *tracer) evalBase(st *tstate, bc baseChain) []branch {
+	if bc.rs.Backend == BackendNftables {
+		return t.nftBase(st, bc)
+	}
+	return t.iptBase(st, bc)
+}
+
+func (st *tstate) hit(rs *Ruleset, c *Chain, pos int, text, action string) {
+	st.hits = append(st.hits, Hit{
+		Backend: rs.Backend, Source: rs.Source, Family: c.table.Family, Hook: st.hook,
+		Table: c.table.Name, Chain: c.Name, Position: pos, Text: text, Action: action,
+	})
+}
+
+// unknownAt ends the branch with an unknown verdict naming the rule.
+func (st *tstate) unknownAt(rs *Ruleset, r *Rule, reason string) branch {
+	st.hit(rs, r.chain, r.Position, r.Text, "unknown: "+reason)
+	st.reason = fmt.Sprintf("%s (rule %s/%s#%d: %s)", reason, r.chain.table.Name, r.chain.Name, r.Position, r.Text)
+	return branch{st: st, kind: endUnknown}
+}
