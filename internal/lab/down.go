@@ -113,10 +113,22 @@ func Down(name, stateRoot string) (*DownReport, error) {
 	}
 
 	// 5. Host mountpoint directories made for pod bind mounts, if still empty.
+	var mps []string
 	if st != nil {
-		for i := len(st.Mountpoints) - 1; i >= 0; i-- {
-			_ = os.Remove(st.Mountpoints[i]) // only removes empty directories
+		mps = append(mps, st.Mountpoints...)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", MountpointsFile))
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				if l != "" {
+					mps = append(mps, l)
+				}
+			}
 		}
+	}
+	for i := len(mps) - 1; i >= 0; i-- {
+		removeIfEmpty(mps[i])
 	}
 
 	// 6. The state directory.
@@ -217,4 +229,21 @@ func parseNsLink(s string) (uint64, bool) {
 	s = strings.TrimSuffix(s, "]")
 	v, err := strconv.ParseUint(s, 10, 64)
 	return v, err == nil
+}
+
+// removeIfEmpty removes an empty directory or an empty regular file; anything else stays.
+func removeIfEmpty(p string) {
+	if !filepath.IsAbs(p) {
+		return
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return
+	}
+	switch {
+	case fi.IsDir():
+		_ = os.Remove(p) // fails unless empty
+	case fi.Mode().IsRegular() && fi.Size() == 0:
+		_ = os.Remove(p)
+	}
 }

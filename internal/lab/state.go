@@ -30,6 +30,8 @@ type NodeState struct {
 	Netns   string `json:"netns"`
 	IP      string `json:"ip"`
 	PodCIDR string `json:"podCIDR,omitempty"`
+	// Kubeconfig is the kubelet's kubeconfig (system:node:NAME).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // StateFile is the path of a lab's state file.
@@ -43,6 +45,10 @@ func LogDir(stateDir string) string { return filepath.Join(stateDir, "logs") }
 
 // NodeDir is a node's state directory (kubelet state, IPAM, CRI socket, subnet.env).
 func NodeDir(stateDir, node string) string { return filepath.Join(stateDir, "nodes", node) }
+
+// MountpointsFile, in a node directory, lists (one a line, in creation order) the empty
+// directories and files a kubelet created on the host as bind-mount targets for its pods.
+const MountpointsFile = "mountpoints"
 
 // ErrNoLab is returned (wrapped) when a lab has no state file.
 var ErrNoLab = errors.New("no such lab")
