@@ -196,10 +196,10 @@ func (k *Kubelet) nodeObject() *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
 		Name: k.opts.Node,
 		Labels: map[string]string{
-			"kubernetes.io/hostname": k.opts.Node,
-			"kubernetes.io/os":       "linux",
-			"kubernetes.io/arch":     "amd64",
-			"beta.kubernetes.io/os":  "linux",
+			"kubernetes.io/hostname":  k.opts.Node,
+			"kubernetes.io/os":        "linux",
+			"kubernetes.io/arch":      "amd64",
+			"beta.kubernetes.io/os":   "linux",
 			"beta.kubernetes.io/arch": "amd64",
 		},
 	}}
