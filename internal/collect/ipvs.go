@@ -130,30 +130,56 @@ func genlPayload(msg []byte) ([]byte, error) {
 	return msg[nl.SizeofGenlmsg:], nil
 }
 
+// nlAttr is one netlink attribute: its type (flags masked off) and payload.
+type nlAttr struct {
+	typ uint16
+	val []byte
+}
+
+// parseAttrs splits a run of netlink attributes, checking every length (the
+// input may come from a file, not only from the kernel).
+func parseAttrs(b []byte) ([]nlAttr, error) {
+	var out []nlAttr
+	for len(b) > 0 {
+		if len(b) < 4 {
+			return nil, fmt.Errorf("%d trailing bytes after the last attribute", len(b))
+		}
+		l := int(binary.NativeEndian.Uint16(b))
+		if l < 4 || l > len(b) {
+			return nil, fmt.Errorf("attribute length %d with %d bytes left", l, len(b))
+		}
+		out = append(out, nlAttr{typ: binary.NativeEndian.Uint16(b[2:]) & nl.NLA_TYPE_MASK, val: b[4:l]})
+		next := min((l+3)&^3, len(b))
+		b = b[next:]
+	}
+	return out, nil
+}
+
 // nestedAttr finds the nested attribute typ among the top-level attributes
-// of a generic netlink message.
+// of a generic netlink message and returns its attributes by type, and its
+// raw payload.
 func nestedAttr(msg []byte, typ uint16, what string) (map[uint16][]byte, []byte, error) {
 	payload, err := genlPayload(msg)
 	if err != nil {
 		return nil, nil, err
 	}
-	attrs, err := nl.ParseRouteAttr(payload)
+	attrs, err := parseAttrs(payload)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse IPVS %s message: %w", what, err)
 	}
 	for _, a := range attrs {
-		if a.Attr.Type&nl.NLA_TYPE_MASK != typ {
+		if a.typ != typ {
 			continue
 		}
-		inner, err := nl.ParseRouteAttr(a.Value)
+		inner, err := parseAttrs(a.val)
 		if err != nil {
 			return nil, nil, fmt.Errorf("parse IPVS %s attributes: %w", what, err)
 		}
 		m := map[uint16][]byte{}
 		for _, ia := range inner {
-			m[ia.Attr.Type&nl.NLA_TYPE_MASK] = ia.Value
+			m[ia.typ] = ia.val
 		}
-		return m, a.Value, nil
+		return m, a.val, nil
 	}
 	return nil, nil, fmt.Errorf("IPVS %s message has no %s attribute", what, what)
 }
@@ -397,12 +423,16 @@ func ParseIpvsadmSave(r io.Reader) ([]facts.IPVSService, error) {
 				}
 				key = svc.Protocol + " " + v
 			case "-f", "--fwmark-service":
-				n, err := num()
+				v, err := val()
 				if err != nil {
 					return nil, err
 				}
+				n, err := strconv.ParseUint(v, 10, 32)
+				if err != nil || n == 0 {
+					return nil, fmt.Errorf("ipvsadm line %d: fwmark %q is not a number from 1 to 4294967295", line, v)
+				}
 				svc.FWMark = uint32(n)
-				key = "fwm " + strconv.Itoa(n)
+				key = "fwm " + strconv.FormatUint(n, 10)
 			case "-s", "--scheduler":
 				v, err := val()
 				if err != nil {

@@ -231,6 +231,7 @@ func TestParseIpvsadmSaveErrors(t *testing.T) {
 		{"-a without -r", "-A -t 198.19.0.1:80 -s rr\n-a -t 198.19.0.1:80 -m\n", "before -r"},
 		{"no service", "-A -s rr\n", "no service"},
 		{"duplicate", "-A -t 198.19.0.1:80 -s rr\n-A -t 198.19.0.1:80 -s rr\n", "added twice"},
+		{"fwmark zero", "-A -f 0 -s rr\n", "fwmark"},
 		{"negative weight", "-A -t 198.19.0.1:80 -s rr\n-a -t 198.19.0.1:80 -r 198.18.0.1:80 -w -1\n", "not a number"},
 	}
 	for _, tt := range tests {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/netdoctor/netdoctor/internal/command"
 )
@@ -25,6 +26,10 @@ var netfilterDumps = []struct {
 	{"netfilter.ipset", "ipset", []string{"save"}},
 }
 
+// DumpTimeout bounds each netfilter dump (a huge ruleset or a held xtables
+// lock must not stall the whole collection).
+var DumpTimeout = 30 * time.Second
+
 // collectNetfilter runs the iptables/nft/ipset dumps inside the target
 // namespace, all at once. A missing program or a failing dump is an Errors
 // entry; the others are kept.
@@ -35,7 +40,9 @@ func (c *collector) collectNetfilter(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b, err := command.Output(ctx, c.nsPath, d.name, d.args...)
+			dctx, cancel := context.WithTimeout(ctx, DumpTimeout)
+			defer cancel()
+			b, err := command.Output(dctx, c.nsPath, d.name, d.args...)
 			if err != nil {
 				if errors.Is(err, command.ErrNotFound) {
 					c.fail(d.section, fmt.Errorf("%s not installed: %w", d.name, err))
