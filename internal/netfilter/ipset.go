@@ -147,6 +147,17 @@ func (s *Ipset) parseEntry(v string) (ipsetElem, error) {
 			proto, port, ok := strings.Cut(p, ":")
 			if !ok {
 				proto, port = "tcp", p
+				if strings.HasPrefix(s.Type, "bitmap:") {
+					proto = "any" // bitmap:port members match tcp, udp, sctp
+				}
+			}
+			if proto == "any" {
+				pr, err := parsePortRange(strings.ReplaceAll(port, "-", ":"))
+				if err != nil {
+					return e, err
+				}
+				e.ports[i] = pr
+				continue
 			}
 			if strings.HasPrefix(proto, "icmp") {
 				// "icmp:8/0": type/code stored in the port range
@@ -228,7 +239,7 @@ func (s *Ipset) exactKey(e ipsetElem) (string, bool) {
 			}
 			b.WriteString(e.pfx[i].Addr().String())
 		case "port":
-			if e.ports[i].lo != e.ports[i].hi {
+			if e.ports[i].lo != e.ports[i].hi || e.proto[i] == 0 {
 				return "", false
 			}
 			fmt.Fprintf(&b, "%d:%d", e.proto[i], e.ports[i].lo)
@@ -319,7 +330,7 @@ func (s *Ipset) contains(p Packet, flags []string, sets map[string]*Ipset, depth
 				if !hasPorts(p.Proto) && pn != 1 && pn != 58 {
 					return false
 				}
-				if e.proto[i] != pn || !e.ports[i].has(portOf(i)) {
+				if (e.proto[i] != 0 && e.proto[i] != pn) || !e.ports[i].has(portOf(i)) {
 					return false
 				}
 			case "iface":

@@ -132,6 +132,9 @@ type Rule struct {
 	chain *Chain
 	ipt   *iptRule
 	nft   []nftStmt
+	// nftMatch[i] is true when statement i is a pure match (no side
+	// effect), so a later definite mismatch can overrule an unknown.
+	nftMatch []bool
 }
 
 // Chain returns the chain the rule belongs to.

@@ -81,6 +81,7 @@ func compileNftRule(tb *Table, r *Rule) error {
 			return fmt.Errorf("%s: %w", e.Kind, err)
 		}
 		r.nft = append(r.nft, s)
+		r.nftMatch = append(r.nftMatch, e.Kind == "match")
 		parts = append(parts, renderStmt(e.Kind, e.Raw))
 		switch e.Kind {
 		case "accept", "drop", "return", "continue", "jump", "goto", "reject", "queue":
@@ -1095,6 +1096,11 @@ func (t *tracer) nftStmts(r *Rule, st *tstate, k int) []sres {
 		if len(res) == 1 && res[0].st == st && res[0].kind == sCont {
 			continue
 		}
+		if len(res) == 1 && res[0].kind == sUnknown && r.nftMatch[k] && t.laterMismatch(r, st, k+1) {
+			// the conditions are a conjunction: a definite mismatch of a
+			// later match wins over an unknown one
+			return []sres{{st: st, kind: sBreak}}
+		}
 		var out []sres
 		for _, x := range res {
 			if x.kind == sCont {
@@ -1107,6 +1113,23 @@ func (t *tracer) nftStmts(r *Rule, st *tstate, k int) []sres {
 	}
 	// every statement ran without a verdict: the rule matched, go on
 	return []sres{{st: st, kind: sCont}}
+}
+
+// laterMismatch reports whether one of the pure matches following
+// statement k certainly fails for st.
+func (t *tracer) laterMismatch(r *Rule, st *tstate, k int) bool {
+	for ; k < len(r.nft) && r.nftMatch[k]; k++ {
+		probe := st.clone()
+		res := r.nft[k](t, probe)
+		all := len(res) > 0
+		for _, x := range res {
+			all = all && x.kind == sBreak
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *tracer) nftAfter(rs *Ruleset, x sres, c *Chain, i, depth int) []branch {

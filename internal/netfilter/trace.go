@@ -251,7 +251,32 @@ func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, erro
 	st := &tstate{pkt: pkt, orig: pkt, prob: 1}
 	var out []Outcome
 	t.run(st, hooks, flow == FlowInbound, &out)
-	return out, nil
+	return mergeOutcomes(out), nil
+}
+
+// mergeOutcomes folds outcomes that are identical but for their
+// probability (e.g. the numgen branches that did not match a rule).
+func mergeOutcomes(outs []Outcome) []Outcome {
+	if len(outs) < 2 {
+		return outs
+	}
+	seen := make(map[string]int, len(outs))
+	merged := outs[:0]
+	for _, o := range outs {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s|%v|%s|%s", o.Verdict, o.Packet, strings.Join(o.Hooks, ","), o.Reason)
+		for _, h := range o.Hits {
+			fmt.Fprintf(&b, "|%s/%s/%s#%d:%s", h.Source, h.Table, h.Chain, h.Position, h.Action)
+		}
+		k := b.String()
+		if i, ok := seen[k]; ok {
+			merged[i].Probability += o.Probability
+			continue
+		}
+		seen[k] = len(merged)
+		merged = append(merged, o)
+	}
+	return merged
 }
 
 func normalizePacket(p *Packet) error {
