@@ -337,3 +337,16 @@ func collectServiceCIDRs(ctx context.Context, cs kubernetes.Interface, s *Snapsh
 		s.Errors["servicecidrs"] = err.Error()
 	}
 }
+
+// FromLists converts listed Services and EndpointSlices (what an agent
+// reads) into a Snapshot holding just those.
+func FromLists(svcs *corev1.ServiceList, slices *discoveryv1.EndpointSliceList) *Snapshot {
+	s := &Snapshot{Version: SnapshotVersion}
+	for i := range svcs.Items {
+		s.Services = append(s.Services, convertService(&svcs.Items[i]))
+	}
+	for i := range slices.Items {
+		s.EndpointSlices = append(s.EndpointSlices, convertSlice(&slices.Items[i]))
+	}
+	return s
+}

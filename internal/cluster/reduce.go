@@ -206,6 +206,7 @@ func Reduce(s *Snapshot, spec *ProbeSpec, results map[string]*AgentResult, missi
 		in.Matrix = BuildMatrix(spec, results, missing)
 	}
 	fs, cs := Evaluate(in)
+	fs = dedupe(fs)
 	for k, v := range s.Errors {
 		cs = append(cs, finding.Check{ID: "api " + k, Status: finding.Error, Reason: v})
 	}
@@ -237,4 +238,37 @@ func (r *CheckReport) Verdict(nodes int) string {
 		v += fmt.Sprintf(" (%d node(s) did not answer)", missing)
 	}
 	return v
+}
+
+// dedupe merges findings with the same ID and node (a cluster rule and the
+// node rule of the same fault): the first is kept, with the evidence of the
+// others appended.
+func dedupe(fs []finding.Finding) []finding.Finding {
+	idx := map[string]int{}
+	var out []finding.Finding
+	for _, f := range fs {
+		k := f.ID + "\x00" + f.Node + "\x00"
+		if f.Node == "" {
+			k += f.Subject
+		}
+		i, ok := idx[k]
+		if !ok {
+			idx[k] = len(out)
+			out = append(out, f)
+			continue
+		}
+		have := map[string]bool{}
+		for _, e := range out[i].Evidence {
+			have[e] = true
+		}
+		for _, e := range f.Evidence {
+			if !have[e] {
+				out[i].Evidence = append(out[i].Evidence, e)
+			}
+		}
+		if f.Severity.Rank() > out[i].Severity.Rank() {
+			out[i].Severity = f.Severity
+		}
+	}
+	return out
 }

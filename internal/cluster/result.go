@@ -46,9 +46,10 @@ type NodeSummary struct {
 	// Sysctls are the networking sysctls that matter (ip_forward,
 	// bridge-nf-call-iptables, rp_filter of the uplink, conntrack max...).
 	Sysctls map[string]string `json:"sysctls,omitempty"`
-	// Routes are the main table's routes with node-specific parts replaced
-	// by their role ("<own-pod-cidr> dev cni0", "<peer-pod-cidr> via <peer> dev flannel.1").
-	Routes []string `json:"routes,omitempty"`
+	// Routes counts the main table's routes by shape: node-specific parts
+	// replaced by their role ("<own-pod-cidr> dev cni0": 1,
+	// "<peer-pod-cidr> via <peer-pod-net> dev flannel.1 onlink": 2).
+	Routes map[string]int `json:"routes,omitempty"`
 	// Netfilter maps "table/chain" to a fingerprint of its rules with
 	// per-service hashes removed (kube-proxy's KUBE-SVC-XXXX become KUBE-SVC-*).
 	Netfilter map[string]string `json:"netfilter,omitempty"`

@@ -100,8 +100,8 @@ func driftItems(a *AgentResult) map[string]string {
 	for k, v := range a.Summary.Sysctls {
 		out["sysctl "+k] = v
 	}
-	for _, rt := range a.Summary.Routes {
-		out["route "+rt] = "present"
+	for rt, n := range a.Summary.Routes {
+		out["route "+rt] = fmt.Sprintf("%d", n)
 	}
 	for k, v := range a.Summary.Netfilter {
 		out["netfilter "+k] = v

@@ -80,7 +80,7 @@ func healthyAgents(s *Snapshot, spec *ProbeSpec) map[string]*AgentResult {
 		a.Summary = NodeSummary{
 			KubeProxy:    &KubeProxyState{Running: true, PID: 100 + i, Mode: "iptables", Flags: map[string]string{"cluster-cidr": "198.18.128.0/17", "proxy-mode": "iptables", "hostname-override": n.Name}, Healthz: &HealthCheck{OK: true, Detail: "200 OK"}},
 			Sysctls:      map[string]string{"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"},
-			Routes:       []string{"default via <gateway> dev eth0", "<own-pod-cidr> dev cni0", "<peer-pod-cidr> via <peer> dev flannel.1 onlink"},
+			Routes:       map[string]int{"default via <gateway> dev eth0": 1, "<own-pod-cidr> dev cni0": 1, "<peer-pod-cidr> via <peer-pod-net> dev flannel.1 onlink": 2},
 			Netfilter:    map[string]string{"filter/FORWARD": "policy ACCEPT 3 rules", "nat/KUBE-SERVICES": "abc"},
 			Tunnels:      []Tunnel{{Device: "flannel.1", Type: "vxlan", Local: n.InternalIP, Port: 8472, VNI: 1, MAC: fmt.Sprintf("aa:bb:cc:00:00:0%d", i+1)}},
 			TunnelSource: n.InternalIP, UplinkAddresses: []string{n.InternalIP + "/24"},
@@ -243,8 +243,8 @@ func TestClusterRules(t *testing.T) {
 			a["node-1"].Summary.Sysctls["net.ipv4.ip_forward"] = "0"
 		}, []string{"node-config-drift@node-1"}, "sysctl net.ipv4.ip_forward: 0 on node-1, 1 on 2 of 3 nodes"},
 		{"node drift: route missing", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
-			a["node-3"].Summary.Routes = a["node-3"].Summary.Routes[:2]
-		}, []string{"node-config-drift@node-3"}, "absent on node-3"},
+			a["node-3"].Summary.Routes["<peer-pod-cidr> via <peer-pod-net> dev flannel.1 onlink"] = 1
+		}, []string{"node-config-drift@node-3"}, "route <peer-pod-cidr> via <peer-pod-net> dev flannel.1 onlink: 1 on node-3, 2 on 2 of 3 nodes"},
 		{"cross-namespace DNS fails from node-3 only (seed 000)", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
 			for i, p := range a["node-3"].Probes {
 				if strings.HasSuffix(p.ID, ":"+KindDNSNS) {

@@ -1,0 +1,401 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/netdoctor/netdoctor/internal/cluster"
+	"github.com/netdoctor/netdoctor/internal/collect"
+	"github.com/netdoctor/netdoctor/internal/cri"
+	"github.com/netdoctor/netdoctor/internal/facts"
+	"github.com/netdoctor/netdoctor/internal/namespace"
+	"github.com/netdoctor/netdoctor/internal/rules"
+)
+
+// Agent serves the requests for one node.
+type Agent struct {
+	Client    kubernetes.Interface
+	Namespace string // where requests and results live
+	Node      string
+	// Netns is the node's network namespace ("" = the agent's own: a
+	// hostNetwork pod). Tests and the lab's fake agents set it.
+	Netns string
+	// ProcRoot is /proc (default).
+	ProcRoot string
+	// CRIEndpoint is the container runtime socket ("" = the defaults, then /proc).
+	CRIEndpoint string
+	// KubeProxyHealthz is kube-proxy's health URL (default
+	// http://127.0.0.1:10256/healthz, probed from Netns).
+	KubeProxyHealthz string
+	// Analyze overrides the node analysis (tests, simulated nodes). Nil
+	// means Analyze of this package.
+	Analyze func(ctx context.Context, a *Agent, req *Request) *cluster.AgentResult
+	// Log is the agent's logger.
+	Log *slog.Logger
+
+	mu   sync.Mutex
+	done map[string]bool
+}
+
+// Run watches requests until ctx ends, answering each request for this
+// node once. Watch errors are retried; only ctx ends it.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Log == nil {
+		a.Log = slog.Default()
+	}
+	a.done = map[string]bool{}
+	sel := metav1.ListOptions{LabelSelector: LabelRequest}
+	for ctx.Err() == nil {
+		l, err := a.Client.CoreV1().ConfigMaps(a.Namespace).List(ctx, sel)
+		if err != nil {
+			a.Log.Warn("list requests", "namespace", a.Namespace, "err", err)
+			sleep(ctx, 2*time.Second)
+			continue
+		}
+		for i := range l.Items {
+			a.consider(ctx, &l.Items[i])
+		}
+		opts := sel
+		opts.ResourceVersion = l.ResourceVersion
+		w, err := a.Client.CoreV1().ConfigMaps(a.Namespace).Watch(ctx, opts)
+		if err != nil {
+			a.Log.Warn("watch requests", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Added || ev.Type == watch.Modified {
+				if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
+					a.consider(ctx, cm)
+				}
+			}
+		}
+		w.Stop()
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// consider answers a request for this node that was not answered yet, in
+// the background.
+func (a *Agent) consider(ctx context.Context, cm *corev1.ConfigMap) {
+	id := cm.Labels[LabelRequest]
+	a.mu.Lock()
+	seen := a.done[id]
+	a.done[id] = true
+	a.mu.Unlock()
+	if seen {
+		return
+	}
+	req, err := DecodeRequest(cm)
+	if err != nil {
+		a.Log.Warn("bad request", "name", cm.Name, "err", err)
+		return
+	}
+	if !req.For(a.Node) || time.Now().After(req.Deadline) {
+		return
+	}
+	go func() {
+		if err := a.Serve(ctx, req); err != nil {
+			a.Log.Warn("answer request", "id", req.ID, "err", err)
+		}
+	}()
+}
+
+// Serve analyses the node for req and writes the result, finishing before
+// the request's deadline (what is not done by then is reported as such).
+func (a *Agent) Serve(ctx context.Context, req *Request) error {
+	// Leave the CLI time to read the result before it gives up.
+	dl := req.Deadline.Add(-500 * time.Millisecond)
+	wctx, cancel := context.WithDeadline(ctx, dl)
+	defer cancel()
+	analyze := a.Analyze
+	if analyze == nil {
+		analyze = Analyze
+	}
+	res := analyze(wctx, a, req)
+	res.Node, res.Request = a.Node, req.ID
+	wctx2, cancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel2()
+	return WriteResult(wctx2, a.Client, a.Namespace, res)
+}
+
+// Analyze is the agent's work on its node: collect the node's facts, run
+// the node rules with the cluster's hints, fingerprint the Service NAT
+// against the API, check kube-proxy's health endpoint and run the node's
+// share of the probe plan.
+func Analyze(ctx context.Context, a *Agent, req *Request) *cluster.AgentResult {
+	res := &cluster.AgentResult{StartedAt: time.Now().UTC()}
+	defer func() { res.FinishedAt = time.Now().UTC() }()
+	var wg sync.WaitGroup
+	var snap *facts.NodeSnapshot
+	if req.Wants(CheckNode) || req.Wants(CheckServices) {
+		s, err := collect.Collect(ctx, collect.Options{Netns: a.Netns, NodeName: a.Node, ProcRoot: a.ProcRoot})
+		if err != nil {
+			addErr(res, "collect", err.Error())
+		}
+		snap = s
+	}
+	var probes []cluster.ProbeResult
+	if req.Wants(CheckProbes) && req.Probe != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			probes = a.probe(ctx, req.Probe, res)
+		}()
+	}
+	if snap != nil {
+		res.Summary = Summarize(a.Node, snap, req.Hints)
+		if req.Wants(CheckNode) {
+			in := &rules.Input{Node: snap, Hints: ruleHints(a.Node, req.Hints)}
+			rep := rules.Evaluate(in)
+			res.Findings, res.Checks = rep.Findings, rep.Checks
+		}
+		if req.Wants(CheckServices) {
+			a.serviceRules(ctx, snap, res)
+		}
+	}
+	if res.Summary.KubeProxy != nil || (snap != nil && kubeProxyExpected(snap)) {
+		if res.Summary.KubeProxy == nil {
+			res.Summary.KubeProxy = &cluster.KubeProxyState{}
+		}
+		res.Summary.KubeProxy.Healthz = a.healthz(ctx)
+	}
+	wg.Wait()
+	res.Probes = probes
+	return res
+}
+
+// kubeProxyExpected is true when the node has kube-proxy's chains but no
+// process was seen (so its health is worth probing anyway).
+func kubeProxyExpected(snap *facts.NodeSnapshot) bool {
+	return strings.Contains(snap.Netfilter.IptablesNft+snap.Netfilter.IptablesLegacy, "KUBE-SERVICES") || strings.Contains(snap.Netfilter.NftJSON, `"kube-proxy"`)
+}
+
+func (a *Agent) healthz(ctx context.Context) *cluster.HealthCheck {
+	url := a.KubeProxyHealthz
+	if url == "" {
+		url = "http://127.0.0.1:10256/healthz"
+	}
+	var hc cluster.HealthCheck
+	err := namespace.Do(a.Netns, func() error {
+		var conn net.Conn
+		var dialErr error
+		// Dial in the node's namespace; the HTTP exchange then runs on that socket.
+		tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if conn != nil {
+				return nil, errors.New("one connection only")
+			}
+			var d net.Dialer
+			conn, dialErr = d.DialContext(ctx, network, addr)
+			return conn, dialErr
+		}}
+		c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			hc = cluster.HealthCheck{OK: false, Detail: err.Error()}
+			return nil
+		}
+		defer resp.Body.Close()
+		hc = cluster.HealthCheck{OK: resp.StatusCode == http.StatusOK, Detail: resp.Status}
+		return nil
+	})
+	if err != nil {
+		hc = cluster.HealthCheck{Detail: err.Error()}
+	}
+	return &hc
+}
+
+// serviceRules lists the API's Services and EndpointSlices (what the node
+// must serve) and fingerprints the node's Service NAT against them.
+func (a *Agent) serviceRules(ctx context.Context, snap *facts.NodeSnapshot, res *cluster.AgentResult) {
+	mode, nat, err := ExtractServiceNAT(snap)
+	if err != nil {
+		res.ServiceRulesError = err.Error()
+		return
+	}
+	res.ServiceRulesMode = mode
+	mini := &cluster.Snapshot{}
+	svcs, err := a.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		res.ServiceRulesError = "list services: " + err.Error()
+		return
+	}
+	slices, err := a.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		res.ServiceRulesError = "list endpointslices: " + err.Error()
+		return
+	}
+	full := cluster.FromLists(svcs, slices)
+	mini.Services, mini.EndpointSlices = full.Services, full.EndpointSlices
+	res.ServiceRules = ServiceFingerprints(nat, mini.Services, cluster.ExpectedServiceRules(mini))
+}
+
+// probe runs this node's probes; pod-netns probes run in the netns of the
+// plan's target pod on this node, found through the CRI, else /proc.
+func (a *Agent) probe(ctx context.Context, spec *cluster.ProbeSpec, res *cluster.AgentResult) []cluster.ProbeResult {
+	plan := cluster.Plan(spec, a.Node)
+	var target cluster.NodeTarget
+	for _, t := range spec.Targets {
+		if t.Node == a.Node {
+			target = t
+		}
+	}
+	podNS, why := "", "no running pod on this node to probe from"
+	if target.PodIP != "" {
+		p, err := a.findPodNetns(ctx, target)
+		if err != nil {
+			why = "pod network namespace of " + target.Pod + " not found: " + err.Error()
+			addErr(res, "pod-netns", why)
+		} else {
+			podNS = p
+		}
+	}
+	var out []cluster.ProbeResult
+	err := namespace.Do(a.Netns, func() error {
+		out = RunProbes(ctx, plan, podNS, why)
+		return nil
+	})
+	if err != nil {
+		addErr(res, "probes", err.Error())
+	}
+	return out
+}
+
+func (a *Agent) findPodNetns(ctx context.Context, t cluster.NodeTarget) (string, error) {
+	var criErr error
+	if ns, name, ok := strings.Cut(t.Pod, "/"); ok {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		c, err := cri.DialAny(cctx, a.CRIEndpoint)
+		if err == nil {
+			p, err := c.FindPod(cctx, ns, name)
+			_ = c.Close()
+			if err == nil && p.Netns != "" {
+				cancel()
+				return p.Netns, nil
+			}
+			criErr = err
+		} else {
+			criErr = err
+		}
+		cancel()
+	}
+	p, err := FindNetnsByAddr(a.procRoot(), t.PodIP)
+	if err != nil {
+		return "", fmt.Errorf("CRI: %v; /proc: %w", criErr, err)
+	}
+	return p, nil
+}
+
+func (a *Agent) procRoot() string {
+	if a.ProcRoot == "" {
+		return "/proc"
+	}
+	return a.ProcRoot
+}
+
+// FindNetnsByAddr scans /proc/*/ns/net for the network namespace that holds
+// ip on one of its interfaces, returning a /proc/PID/ns/net path.
+func FindNetnsByAddr(procRoot, ip string) (string, error) {
+	want, err := netip.ParseAddr(ip)
+	if err != nil {
+		return "", fmt.Errorf("pod IP %q: %w", ip, err)
+	}
+	ents, err := os.ReadDir(procRoot)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", procRoot, err)
+	}
+	seen := map[uint64]bool{}
+	var pids []string
+	for _, e := range ents {
+		if e.Name()[0] >= '0' && e.Name()[0] <= '9' {
+			pids = append(pids, e.Name())
+		}
+	}
+	sort.Strings(pids)
+	for _, pid := range pids {
+		p := filepath.Join(procRoot, pid, "ns", "net")
+		var st = new(statIno)
+		if !st.of(p) || seen[st.ino] {
+			continue
+		}
+		seen[st.ino] = true
+		found := false
+		_ = namespace.Do(p, func() error {
+			addrs, err := net.InterfaceAddrs()
+			if err != nil {
+				return err
+			}
+			for _, ad := range addrs {
+				if pfx, err := netip.ParsePrefix(ad.String()); err == nil && pfx.Addr() == want {
+					found = true
+				}
+			}
+			return nil
+		})
+		if found {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no network namespace under %s holds %s", procRoot, ip)
+}
+
+// ruleHints turns the request's hints into the node rules' hints.
+func ruleHints(node string, h Hints) rules.Hints {
+	var out rules.Hints
+	for n, cidrs := range h.PodCIDRs {
+		for _, c := range cidrs {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				out.PodCIDRs = append(out.PodCIDRs, p)
+			}
+		}
+		_ = n
+	}
+	for _, c := range h.ClusterCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out.ClusterCIDRs = append(out.ClusterCIDRs, p)
+		}
+	}
+	for _, c := range h.ServiceCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out.ServiceCIDRs = append(out.ServiceCIDRs, p)
+		}
+	}
+	for n, ips := range h.NodeIPs {
+		for _, ip := range ips {
+			a, err := netip.ParseAddr(ip)
+			if err != nil {
+				continue
+			}
+			if n == node {
+				out.NodeIPs = append(out.NodeIPs, a)
+			} else {
+				out.PeerIPs = append(out.PeerIPs, a)
+			}
+		}
+	}
+	return out
+}
