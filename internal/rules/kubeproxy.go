@@ -192,18 +192,22 @@ func (in *Input) kubeProxy() *kubeProxyView {
 				}
 			}
 			for _, c := range tb.Chains {
+				if strings.HasPrefix(c.Name, "external-") {
+					continue // masquerade for external destinations, not the cluster-IP rule
+				}
 				for _, r := range c.Rules {
-					if !strings.Contains(r.Text, "mark-for-masquerade") || !strings.Contains(r.Text, "daddr") {
+					marks := strings.Contains(r.Text, "mark-for-masquerade") || strings.Contains(r.Text, "| 0x4000")
+					if !marks || !strings.Contains(r.Text, "daddr") {
 						continue
 					}
+					ev := fmt.Sprintf("nft table ip kube-proxy chain %s rule %d: %s", c.Name, r.Position, r.Text)
 					if i := strings.Index(r.Text, "saddr != "); i >= 0 {
-						f := strings.Fields(r.Text[i+len("saddr != "):])
-						if len(f) > 0 {
-							v.masqCIDRs = append(v.masqCIDRs, parseCIDRList(f[0])...)
-							v.masqRules = append(v.masqRules, fmt.Sprintf("nft table ip kube-proxy chain %s rule %d: %s", c.Name, r.Position, r.Text))
+						if f := strings.Fields(r.Text[i+len("saddr != "):]); len(f) > 0 {
+							v.masqCIDRs = append(v.masqCIDRs, parseCIDRList(strings.Trim(f[0], "{}"))...)
+							v.masqRules = append(v.masqRules, ev)
 						}
 					} else if !strings.Contains(r.Text, "saddr") {
-						v.masqAllRule = fmt.Sprintf("nft table ip kube-proxy chain %s rule %d: %s", c.Name, r.Position, r.Text)
+						v.masqAllRule = ev
 					}
 				}
 			}

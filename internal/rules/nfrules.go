@@ -76,6 +76,9 @@ func hostIn(p netip.Prefix, n int) netip.Addr {
 
 func runForwardPolicyDrop(in *Input) Result {
 	t := in.Topology()
+	if len(t.NodePodCIDRs) == 0 {
+		return Skip("this node's pod CIDR is unknown (no pod bridge address, no flannel subnet.env): pass --pod-cidr")
+	}
 	v := in.Netfilter()
 	if why, ok := v.Traceable(); !ok {
 		return Errorf("cannot trace through the packet filter: %s", why)
@@ -85,9 +88,6 @@ func runForwardPolicyDrop(in *Input) Result {
 			return Skip("no netfilter dump could be read: %s", strings.Join(v.Missing, "; "))
 		}
 		return Pass("no packet filter rules on this node")
-	}
-	if len(t.NodePodCIDRs) == 0 {
-		return Skip("this node's pod CIDR is unknown (no pod bridge address, no flannel subnet.env): pass --pod-cidr")
 	}
 	own := t.NodePodCIDRs[0].Prefix
 	podIP := hostIn(own, 2)
