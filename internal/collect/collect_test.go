@@ -123,7 +123,7 @@ func TestCollectTopology(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 
 	ctx := context.Background()
 	s, err := Collect(ctx, Options{Netns: topo.node, NodeName: "node-1"})

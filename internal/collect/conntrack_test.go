@@ -24,7 +24,7 @@ func sendInvalidACKs(t *testing.T, ns string, n int) {
 		if err != nil {
 			return err
 		}
-		defer syscall.Close(fd)
+		defer func() { _ = syscall.Close(fd) }()
 		lo := [4]byte{127, 0, 0, 1}
 		for i := range n {
 			tcp := make([]byte, 20)

@@ -197,7 +197,7 @@ func TestParseIpvsadmSave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	got, err := ParseIpvsadmSave(f)
 	if err != nil {
 		t.Fatal(err)

@@ -29,7 +29,7 @@ func (c *collector) openHandle() (*netlink.Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %s: %w", c.nsPath, err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink socket in %s: %w", c.nsLabel(), err)

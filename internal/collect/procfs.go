@@ -156,7 +156,7 @@ func (c *collector) readConntrack(netDir string) {
 		c.fail(SectionConntrack, fmt.Errorf("read conntrack statistics %s in %s: %w", p, c.nsLabel(), err))
 	} else {
 		per, perr := ParseConntrackStat(f)
-		f.Close()
+		_ = f.Close()
 		if perr != nil {
 			c.fail(SectionConntrack, fmt.Errorf("parse %s in %s: %w", p, c.nsLabel(), perr))
 		} else {
@@ -191,7 +191,7 @@ func (c *collector) readSockets(netDir string) {
 			continue
 		}
 		socks, err := ParseProcNetSockets(f, proto)
-		f.Close()
+		_ = f.Close()
 		if err != nil {
 			c.fail("sockets."+proto, fmt.Errorf("parse %s in %s: %w", p, c.nsLabel(), err))
 			continue
@@ -263,7 +263,7 @@ func (c *collector) collectSoftnet() {
 		c.fail(SectionSoftnet, fmt.Errorf("read %s: %w", p, err))
 		return
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	st, err := ParseSoftnetStat(f)
 	if err != nil {
 		c.fail(SectionSoftnet, fmt.Errorf("parse %s: %w", p, err))

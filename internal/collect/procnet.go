@@ -203,7 +203,7 @@ func ParseProcNetSockets(r io.Reader, proto string) ([]facts.Socket, error) {
 			state = "UNCONN"
 		}
 		s := facts.Socket{Proto: proto, State: state, Local: local, Inode: inode}
-		if !(udp && st == 7) && state != "LISTEN" {
+		if (!udp || st != 7) && state != "LISTEN" {
 			s.Remote = remote
 		}
 		out = append(out, s)
