@@ -981,7 +981,10 @@ func (t *tracer) iptRun(rs *Ruleset, st *tstate, c *Chain, start, depth int) []b
 		case mUnknown:
 			return []branch{st.unknownAt(rs, r, reason)}
 		case mProb:
-			taken := st.clone()
+			taken := t.split(st)
+			if taken == nil {
+				return []branch{st.unknownAt(rs, r, tooManyBranches)}
+			}
 			taken.prob *= p
 			st.prob *= 1 - p
 			out := t.iptApply(rs, taken, c, i, depth, fmt.Sprintf(" (probability %.4g)", p))

@@ -701,7 +701,9 @@ func compileNftMatch(tb *Table, raw json.RawMessage) (nftStmt, error) {
 			s := st
 			if len(vals) > 1 {
 				if i < len(vals)-1 {
-					s = st.clone()
+					if s = t.split(st); s == nil {
+						return []sres{{st: st, kind: sUnknown, reason: tooManyBranches}}
+					}
 				}
 				s.prob *= w.p
 			}
@@ -834,7 +836,9 @@ func compileVmap(tb *Table, raw json.RawMessage) (nftStmt, error) {
 			note := ""
 			if len(vals) > 1 {
 				if i < len(vals)-1 {
-					s = st.clone()
+					if s = t.split(st); s == nil {
+						return []sres{{st: st, kind: sUnknown, reason: tooManyBranches}}
+					}
 				}
 				s.prob *= w.p
 				note = fmt.Sprintf(" (numgen %d, probability %.4g)", w.v[0].n, w.p)
@@ -974,7 +978,9 @@ func compileNftNAT(kind string, raw json.RawMessage) (nftStmt, error) {
 					note := ""
 					if len(vals) > 1 {
 						if i < len(vals)-1 {
-							s = st.clone()
+							if s = t.split(st); s == nil {
+								return []sres{{st: st, kind: sUnknown, reason: tooManyBranches}}
+							}
 						}
 						s.prob *= w.p
 						note = fmt.Sprintf(" (map key %s, probability %.4g)", rvKeyText(w.v), w.p)

@@ -567,6 +567,9 @@ func compileNval(raw json.RawMessage, typ string) (nval, error) {
 			return nval{kind: vNum, nlo: a.nlo, nhi: b.nhi}, nil
 		case "elem":
 			inner, _ := unwrapElem(raw)
+			if bytes.Equal(inner, raw) {
+				return nval{}, fmt.Errorf("element without a value")
+			}
 			return compileNval(inner, typ)
 		}
 		return nval{}, fmt.Errorf("unsupported value %s", trunc(string(raw)))

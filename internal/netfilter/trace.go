@@ -315,7 +315,13 @@ func normalizePacket(p *Packet) error {
 	return nil
 }
 
+// maxBranches bounds the number of probabilistic branches of one trace
+// (each statistic/numgen rule multiplies them); beyond it the remaining
+// branches end as unknown instead of exhausting memory.
+const maxBranches = 1 << 14
+
 type tracer struct {
+	branches int
 	rulesets []*Ruleset
 	env      *Env
 	local    map[netip.Addr]bool
@@ -439,6 +445,18 @@ func (st *tstate) hit(rs *Ruleset, c *Chain, pos int, text, action string) {
 		Table: c.table.Name, Chain: c.Name, Position: pos, Text: text, Action: action,
 	})
 }
+
+// split returns a copy of st for a new probabilistic branch, or nil when
+// the trace has too many branches already.
+func (t *tracer) split(st *tstate) *tstate {
+	if t.branches >= maxBranches {
+		return nil
+	}
+	t.branches++
+	return st.clone()
+}
+
+const tooManyBranches = "too many probabilistic branches (more than 16384): outcomes not enumerated"
 
 // unknownAt ends the branch with an unknown verdict naming the rule.
 func (st *tstate) unknownAt(rs *Ruleset, r *Rule, reason string) branch {

@@ -327,7 +327,7 @@ func TestTraceIptablesFirewall(t *testing.T) {
 			traceCase{
 				name: f + "/ipset hash:net source", files: fs,
 				pkt: Packet{Src: addr("198.18.200.9"), Dst: addr("198.19.255.1"), Proto: "tcp", SrcPort: 40000, DstPort: 9200, InIface: "eth0"}, flow: FlowInput,
-				want: []string{"accept 198.18.200.9:40000>198.19.255.1:9200 p=1.000"},
+				want:  []string{"accept 198.18.200.9:40000>198.19.255.1:9200 p=1.000"},
 				check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "INPUT", 7, "ACCEPT") },
 			},
 			traceCase{
@@ -343,7 +343,7 @@ func TestTraceIptablesFirewall(t *testing.T) {
 			traceCase{
 				name: f + "/ipset hash:ip,port dst,dst", files: fs,
 				pkt: Packet{Src: addr("198.19.255.2"), Dst: addr("198.19.255.1"), Proto: "udp", SrcPort: 40000, DstPort: 9401, InIface: "eth0"}, flow: FlowInput,
-				want: []string{"accept 198.19.255.2:40000>198.19.255.1:9401 p=1.000"},
+				want:  []string{"accept 198.19.255.2:40000>198.19.255.1:9401 p=1.000"},
 				check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "INPUT", 8, "ACCEPT") },
 			},
 			traceCase{
@@ -385,7 +385,7 @@ func TestTraceIptablesFirewall(t *testing.T) {
 			traceCase{
 				name: f + "/icmp echo after the overlay chain", files: fs,
 				pkt: Packet{Src: addr("198.19.255.2"), Dst: addr("198.19.255.1"), Proto: "icmp", ICMPType: 8, InIface: "eth0"}, flow: FlowInput,
-				want: []string{"accept 198.19.255.2:0>198.19.255.1:0 p=1.000"},
+				want:  []string{"accept 198.19.255.2:0>198.19.255.1:0 p=1.000"},
 				check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "INPUT", 6, "ACCEPT") },
 			},
 			traceCase{
@@ -400,7 +400,7 @@ func TestTraceIptablesFirewall(t *testing.T) {
 			traceCase{
 				name: f + "/multiport range", files: fs,
 				pkt: Packet{Src: addr("198.19.255.2"), Dst: addr("198.19.255.1"), Proto: "tcp", SrcPort: 40000, DstPort: 10255, InIface: "eth0"}, flow: FlowInput,
-				want: []string{"accept 198.19.255.2:40000>198.19.255.1:10255 p=1.000"},
+				want:  []string{"accept 198.19.255.2:40000>198.19.255.1:10255 p=1.000"},
 				check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "INPUT", 4, "ACCEPT") },
 			},
 			traceCase{
@@ -413,23 +413,23 @@ func TestTraceIptablesFirewall(t *testing.T) {
 	cases = append(cases,
 		traceCase{
 			name: "ip6tables/DNAT to a bracketed IPv6 endpoint", files: []string{"firewall-ip6tables.save"},
-			pkt:  Packet{Src: addr("fd00:198:18:2::5"), Dst: addr("fd00:198:19::10"), Proto: "tcp", SrcPort: 40000, DstPort: 80, InIface: "eth0", OutIface: "cni0"}, flow: FlowForward,
+			pkt: Packet{Src: addr("fd00:198:18:2::5"), Dst: addr("fd00:198:19::10"), Proto: "tcp", SrcPort: 40000, DstPort: 80, InIface: "eth0", OutIface: "cni0"}, flow: FlowForward,
 			want: []string{"accept [fd00:198:18:2::5]:40000>[fd00:198:18:1::10]:8080 p=1.000"},
 		},
 		traceCase{
 			name: "ip6tables/VXLAN dropped", files: []string{"firewall-ip6tables.save"},
-			pkt:  Packet{Src: addr("fd00:198:19:ff::2"), Dst: addr("fd00:198:19:ff::1"), Proto: "udp", SrcPort: 40000, DstPort: 8472, InIface: "eth0"}, flow: FlowInput,
+			pkt: Packet{Src: addr("fd00:198:19:ff::2"), Dst: addr("fd00:198:19:ff::1"), Proto: "udp", SrcPort: 40000, DstPort: 8472, InIface: "eth0"}, flow: FlowInput,
 			want: []string{"drop [fd00:198:19:ff::2]:40000>[fd00:198:19:ff::1]:8472 p=1.000"},
 		},
 		traceCase{
 			name: "ip6tables/icmpv6 echo", files: []string{"firewall-ip6tables.save"},
-			pkt:  Packet{Src: addr("fd00:198:19:ff::2"), Dst: addr("fd00:198:19:ff::1"), Proto: "icmpv6", ICMPType: 128, InIface: "eth0"}, flow: FlowInput,
-			want: []string{"accept [fd00:198:19:ff::2]:0>[fd00:198:19:ff::1]:0 p=1.000"},
+			pkt: Packet{Src: addr("fd00:198:19:ff::2"), Dst: addr("fd00:198:19:ff::1"), Proto: "icmpv6", ICMPType: 128, InIface: "eth0"}, flow: FlowInput,
+			want:  []string{"accept [fd00:198:19:ff::2]:0>[fd00:198:19:ff::1]:0 p=1.000"},
 			check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "INPUT", 2, "ACCEPT") },
 		},
 		traceCase{
 			name: "ip6tables rules do not see IPv4", files: []string{"firewall-ip6tables.save"},
-			pkt:  Packet{Src: addr("198.19.255.2"), Dst: addr("198.19.255.1"), Proto: "udp", SrcPort: 40000, DstPort: 8472, InIface: "eth0"}, flow: FlowInput,
+			pkt: Packet{Src: addr("198.19.255.2"), Dst: addr("198.19.255.1"), Proto: "udp", SrcPort: 40000, DstPort: 8472, InIface: "eth0"}, flow: FlowInput,
 			want: []string{"accept 198.19.255.2:40000>198.19.255.1:8472 p=1.000"},
 		},
 	)
@@ -463,13 +463,13 @@ func TestTraceNftFirewall(t *testing.T) {
 		{name: "interval set range", files: fs, pkt: in("198.18.60.5", "tcp", 22), flow: FlowInput,
 			want: []string{"drop 198.18.60.5:40000>198.19.255.1:22 p=1.000"}},
 		{name: "outside the interval set range", files: fs, pkt: in("198.18.60.10", "tcp", 22), flow: FlowInput,
-			want: []string{"accept 198.18.60.10:40000>198.19.255.1:22 p=1.000"},
+			want:  []string{"accept 198.18.60.10:40000>198.19.255.1:22 p=1.000"},
 			check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "input", 4, "accept") }},
 		{name: "concatenated set", files: fs, pkt: in("198.19.255.2", "tcp", 6443), flow: FlowInput,
-			want: []string{"accept 198.19.255.2:40000>198.19.255.1:6443 p=1.000"},
+			want:  []string{"accept 198.19.255.2:40000>198.19.255.1:6443 p=1.000"},
 			check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "input", 4, "accept") }},
 		{name: "icmp type by name", files: fs, pkt: Packet{Src: addr("198.19.255.2"), Dst: addr("198.19.255.1"), Proto: "icmp", ICMPType: 8, InIface: "eth0"}, flow: FlowInput,
-			want: []string{"accept 198.19.255.2:0>198.19.255.1:0 p=1.000"},
+			want:  []string{"accept 198.19.255.2:0>198.19.255.1:0 p=1.000"},
 			check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "input", 7, "accept") }},
 		{name: "mark bitwise match", files: fs, pkt: func() Packet { p := in("198.19.255.2", "tcp", 9500); p.Mark = 0x10100; return p }(), flow: FlowInput,
 			want: []string{"accept 198.19.255.2:40000>198.19.255.1:9500 p=1.000"}},
@@ -489,7 +489,7 @@ func TestTraceNftFirewall(t *testing.T) {
 				wantHit(t, outs[0], "fwd-goto", 1, "return")
 			}},
 		{name: "jump then return continues in the caller", files: fs, pkt: fwd(7003), flow: FlowForward,
-			want: []string{"reject 198.19.200.5:40000>198.18.1.5:7003 p=1.000"},
+			want:  []string{"reject 198.19.200.5:40000>198.18.1.5:7003 p=1.000"},
 			check: func(t *testing.T, outs []Outcome) { wantHit(t, outs[0], "fwd-check", 3, "reject") }},
 		{name: "ct mark accepted", files: fs, pkt: func() Packet { p := fwd(80); p.CTMark = 0x10; return p }(), flow: FlowForward,
 			want: []string{"accept 198.19.200.5:40000>198.18.1.5:80 p=1.000"}},
