@@ -366,3 +366,18 @@ func TestStartRefusesBadConfig(t *testing.T) {
 		t.Fatalf("want missing binary error, got %v", err)
 	}
 }
+
+func TestCorefileWithKubeconfig(t *testing.T) {
+	got := CorefileWithKubeconfig(Corefile("cluster.local", "198.18.0.53"), "/s/coredns.conf", "lab")
+	want := "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n       kubeconfig /s/coredns.conf lab\n       pods insecure\n"
+	if !strings.Contains(got, want) {
+		t.Fatalf("kubeconfig line not inside the kubernetes block:\n%s", got)
+	}
+	if strings.Count(got, "kubeconfig") != 1 {
+		t.Fatalf("want exactly one kubeconfig line:\n%s", got)
+	}
+	id := ServiceAccountIdentity("kube-system", "coredns")
+	if id.User != "system:serviceaccount:kube-system:coredns" || !contains(id.Groups, "system:serviceaccounts:kube-system") {
+		t.Fatalf("service account identity: %+v", id)
+	}
+}

@@ -253,6 +253,7 @@ func TestRealControlPlane(t *testing.T) {
 	bin := k8sBin(t)
 	testutil.RequireProgram(t, "iptables-save")
 	testutil.RequireProgram(t, "nft")
+	testutil.RequireProgram(t, "dig")
 
 	cpNS := testutil.NewNetns(t, "cp")
 	n1NS := testutil.NewNetns(t, "cpn1")
@@ -459,6 +460,32 @@ func TestRealControlPlane(t *testing.T) {
 		t.Logf("wrote %s/kube-proxy-iptables.save and kube-proxy-nftables.json", fixtureDir)
 	}
 
+	// Real CoreDNS with the kubeadm-style Corefile, as the coredns service account (the
+	// ClusterRole of CoreDNSManifests must suffice), answering for services in node1.
+	dnsKubeconfig := filepath.Join(stateDir, "coredns.conf")
+	if err := cp.WriteKubeconfig(dnsKubeconfig, ServiceAccountIdentity("kube-system", "coredns")); err != nil {
+		t.Fatal(err)
+	}
+	corefile := filepath.Join(stateDir, "Corefile")
+	if err := os.WriteFile(corefile, []byte(CorefileWithKubeconfig(Corefile(DefaultClusterDomain, DefaultUpstreamDNS), dnsKubeconfig, "lab")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dnsProc, err := proc.Start(proc.Spec{Name: "coredns", Path: bin, Argv0: "coredns", Args: []string{"-conf", corefile},
+		Netns: testutil.Path(n1NS), LogFile: filepath.Join(stateDir, "coredns.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Stop(dnsProc, 5*time.Second) })
+	for name, want := range map[string]string{"kubernetes.default.svc.cluster.local": "198.19.0.1", "web.default.svc.cluster.local": "198.19.0.80"} {
+		eventually(t, 60*time.Second, "CoreDNS answer for "+name, func() (bool, string) {
+			out, err := testutil.Run(t, n1NS, "dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", name)
+			if err == nil && strings.TrimSpace(out) == want {
+				return true, ""
+			}
+			return false, fmt.Sprintf("dig: %q %v; coredns log:\n%s", out, err, tail(dnsProc.LogFile, 5))
+		})
+	}
+
 	// Restart a component with other flags (what faults do), then back.
 	oldCM, _ := cp.Proc(ControllerManager)
 	oldPID := oldCM.PID
@@ -479,7 +506,7 @@ func TestRealControlPlane(t *testing.T) {
 
 	// Stop everything; nothing may be left in the namespaces.
 	stopLeases()
-	for _, kp := range []*proc.Info{kp1, kp2} {
+	for _, kp := range []*proc.Info{kp1, kp2, dnsProc} {
 		if err := proc.Stop(kp, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}

@@ -50,3 +50,13 @@ func writeKubeconfig(path, server string, caPEM []byte, user string, kp *KeyPair
 	}
 	return os.Chmod(path, 0o600)
 }
+
+// ServiceAccountIdentity is the identity of a service account (the user name and groups its
+// tokens carry), for components run as processes that get a client certificate instead of a
+// token: RBAC bindings to the service account then apply as they would in a pod.
+func ServiceAccountIdentity(namespace, name string) Identity {
+	return Identity{
+		User:   "system:serviceaccount:" + namespace + ":" + name,
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace},
+	}
+}

@@ -448,3 +448,20 @@ func applyOne(ctx context.Context, cs kubernetes.Interface, o runtime.Object) er
 	}
 	return nil
 }
+
+// CorefileWithKubeconfig returns corefile with a `kubeconfig PATH CONTEXT` line added to its
+// kubernetes block, so that CoreDNS run as a plain process (no service account volume)
+// reaches the API server with that kubeconfig instead of the in-cluster configuration.
+func CorefileWithKubeconfig(corefile, kubeconfig, context string) string {
+	lines := strings.Split(corefile, "\n")
+	out := make([]string, 0, len(lines)+1)
+	for _, l := range lines {
+		out = append(out, l)
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "kubernetes ") && strings.HasSuffix(t, "{") {
+			indent := l[:len(l)-len(strings.TrimLeft(l, " \t"))]
+			out = append(out, indent+"   kubeconfig "+kubeconfig+" "+context)
+		}
+	}
+	return strings.Join(out, "\n")
+}
