@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
@@ -95,6 +96,9 @@ func Collect(ctx context.Context, cs kubernetes.Interface) (*Snapshot, error) {
 	s.ConfigMaps = map[string]map[string]string{}
 	for _, name := range []string{"kube-proxy", "coredns"} {
 		cm, err := cs.CoreV1().ConfigMaps(KubeSystem).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // absent is a fact, not an error: rules say what they lack
+		}
 		if err != nil {
 			s.Errors["configmap "+KubeSystem+"/"+name] = err.Error()
 			continue

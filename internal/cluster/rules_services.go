@@ -149,8 +149,8 @@ func ruleServiceNoEndpoints(in *Input, r *Rule) ([]finding.Finding, []finding.Ch
 	dns := dnsService(s)
 	for i := range s.Services {
 		svc := &s.Services[i]
-		if svc.Type == "ExternalName" || svc == dns {
-			continue // the DNS Service is dns-pods-unavailable's
+		if svc.Type == "ExternalName" || svc == dns || svc.Namespace == AgentNamespace {
+			continue // the DNS Service is dns-pods-unavailable's; netdoctor's own target is the matrix's
 		}
 		sl := slices[svc.Key()]
 		if len(svc.Selector) == 0 && len(sl) == 0 {
