@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"sort"
 	"sync"
 	"time"
 
@@ -48,9 +47,22 @@ type Options struct {
 type probe struct {
 	ttl   int
 	round int
-	sent  time.Time
+	sent  time.Time // user-space clock just before the send
+	txk   time.Time // kernel software transmit timestamp, when the kernel gave one
+	rx    time.Time // when the reply arrived (kernel receive timestamp for ICMP)
+	from  net.IP    // who replied; nil = no reply (yet)
 	done  bool
 	fd    int // tcp: the connecting socket, -1 when closed
+}
+
+// rtt is the probe's round trip in milliseconds: kernel transmit to kernel
+// receive timestamps when both exist, so that Go scheduling does not count.
+func (p *probe) rtt() float64 {
+	start := p.sent
+	if !p.txk.IsZero() && !p.rx.Before(p.txk) {
+		start = p.txk
+	}
+	return max(0, float64(p.rx.Sub(start))/float64(time.Millisecond))
 }
 
 type tracer struct {
@@ -58,11 +70,13 @@ type tracer struct {
 	dst    net.IP
 	id     uint16 // icmp echo id
 	mu     sync.Mutex
-	probes map[uint16]*probe
-	hops   map[int]*Hop // by TTL
+	probes map[uint16]*probe // outstanding probes by match key (reused keys overwrite)
+	all    []*probe          // every probe, in send order
+	txIDs  map[uint32]*probe // SOF_TIMESTAMPING_OPT_ID counter -> probe
+	txNext uint32            // the counter of the next send
+	txOK   bool              // transmit timestamps enabled
 	icmp   map[int]string
-	seen   map[[2]int]bool // {ttl, round} that got a reply
-	dest   int             // smallest TTL that reached the destination; 0 = not yet
+	dest   int // smallest TTL that reached the destination; 0 = not yet
 	seq    uint16
 	icmpFD int
 	udpFD  int
@@ -124,7 +138,7 @@ func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, err
 		return nil, err
 	}
 	t := &tracer{opts: opts, dst: dst, id: uint16(rand.UintN(1 << 16)), probes: map[uint16]*probe{},
-		hops: map[int]*Hop{}, icmp: map[int]string{}, seen: map[[2]int]bool{}, seq: uint16(rand.UintN(1 << 16)), icmpFD: -1, udpFD: -1}
+		txIDs: map[uint32]*probe{}, icmp: map[int]string{}, seq: uint16(rand.UintN(1 << 16)), icmpFD: -1, udpFD: -1}
 	if err := namespace.Do(opts.Netns, t.openSockets); err != nil {
 		return nil, err
 	}
@@ -145,6 +159,15 @@ func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, err
 		}
 		t.mu.Unlock()
 		for ttl := 1; ttl <= limit && ctx.Err() == nil; ttl++ {
+			// Probes of a round are spread over the interval, as mtr does:
+			// no burst for routers' ICMP rate limits, and no probe whose
+			// timing differs because it alone follows an idle pause.
+			if ttl > 1 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(opts.Interval / time.Duration(limit)):
+				}
+			}
 			if err := t.send(ttl, r); err != nil {
 				return nil, err
 			}
@@ -154,10 +177,10 @@ func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, err
 		if onRound != nil && r > 0 {
 			onRound(t.report(rounds, false))
 		}
-		if r < opts.Count-1 {
+		if r < opts.Count-1 { // one round per interval
 			select {
 			case <-ctx.Done():
-			case <-time.After(opts.Interval):
+			case <-time.After(opts.Interval / time.Duration(limit)):
 			}
 		}
 	}
@@ -207,6 +230,9 @@ func (t *tracer) openSockets() error {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return fmt.Errorf("set receive timeout: %w", err)
 	}
+	if t.opts.Protocol == ICMP {
+		t.txOK = enableTxTimestamps(fd)
+	}
 	if t.opts.Protocol == UDP {
 		u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -221,8 +247,64 @@ func (t *tracer) openSockets() error {
 			return fmt.Errorf("UDP socket name: %w", err)
 		}
 		t.udpSrc = uint16(sa.(*unix.SockaddrInet4).Port)
+		t.txOK = enableTxTimestamps(u)
 	}
 	return nil
+}
+
+// enableTxTimestamps asks for software transmit timestamps on the error
+// queue, numbered per send (SOF_TIMESTAMPING_OPT_ID), without the packet.
+func enableTxTimestamps(fd int) bool {
+	flags := unix.SOF_TIMESTAMPING_TX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE |
+		unix.SOF_TIMESTAMPING_OPT_ID | unix.SOF_TIMESTAMPING_OPT_TSONLY
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, flags) == nil
+}
+
+// sentOK registers a probe that the kernel accepted: it gets the next
+// transmit timestamp number. The caller holds t.mu.
+func (t *tracer) sentOK(p *probe) {
+	if t.txOK {
+		t.txIDs[t.txNext] = p
+	}
+	t.txNext++
+}
+
+// readTxTimestamps drains the error queue of fd, attaching transmit
+// timestamps to their probes.
+func (t *tracer) readTxTimestamps(fd int) {
+	buf := make([]byte, 64)
+	oob := make([]byte, 256)
+	for i := 0; i < 4096; i++ {
+		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			return
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			continue
+		}
+		var ts time.Time
+		id, haveID := uint32(0), false
+		for _, m := range msgs {
+			switch {
+			case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPING && len(m.Data) >= 16:
+				ts = time.Unix(int64(binary.NativeEndian.Uint64(m.Data[0:8])), int64(binary.NativeEndian.Uint64(m.Data[8:16])))
+			case m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_RECVERR && len(m.Data) >= 16:
+				if m.Data[4] == unix.SO_EE_ORIGIN_TIMESTAMPING {
+					id, haveID = binary.NativeEndian.Uint32(m.Data[12:16]), true
+				}
+			}
+		}
+		if !haveID || ts.IsZero() {
+			continue
+		}
+		t.mu.Lock()
+		if p := t.txIDs[id]; p != nil {
+			p.txk = ts
+			delete(t.txIDs, id)
+		}
+		t.mu.Unlock()
+	}
 }
 
 func (t *tracer) closeSockets() {
@@ -264,9 +346,12 @@ func (t *tracer) send(ttl, round int) error {
 		pkt := echoRequest(t.id, key, t.opts.Size-20)
 		p := &probe{ttl: ttl, round: round, fd: -1, sent: time.Now()}
 		t.probes[key] = p
+		t.all = append(t.all, p)
 		if err := unix.Sendto(t.icmpFD, pkt, 0, t.dstAddr(0)); err != nil {
 			p.done = true // counted as lost: the kernel refused it (e.g. no route)
 			t.noteICMP(ttl, "send: "+err.Error())
+		} else {
+			t.sentOK(p)
 		}
 	case UDP:
 		t.seq++
@@ -279,9 +364,12 @@ func (t *tracer) send(ttl, round int) error {
 		}
 		p := &probe{ttl: ttl, round: round, fd: -1, sent: time.Now()}
 		t.probes[port] = p
+		t.all = append(t.all, p)
 		if err := unix.Sendto(t.udpFD, make([]byte, t.opts.Size-28), 0, t.dstAddr(int(port))); err != nil {
 			p.done = true
 			t.noteICMP(ttl, "send: "+err.Error())
+		} else {
+			t.sentOK(p)
 		}
 	case TCP:
 		return t.sendTCP(ttl, round)
@@ -327,6 +415,7 @@ func (t *tracer) sendTCP(ttl, round int) error {
 		old.fd, old.done = -1, true
 	}
 	t.probes[port] = p
+	t.all = append(t.all, p)
 	err = unix.Connect(fd, t.dstAddr(t.opts.Port))
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		t.finishTCP(port, p, err)
@@ -402,6 +491,7 @@ func (t *tracer) receive(stop chan struct{}) {
 			return
 		default:
 		}
+		t.drainTx()
 		n, oobn, _, _, err := unix.Recvmsg(t.icmpFD, buf, oob, 0)
 		if err != nil {
 			continue // EAGAIN after the receive timeout, or EINTR
@@ -421,6 +511,19 @@ func (t *tracer) receive(stop chan struct{}) {
 			continue
 		}
 		t.match(r, at)
+	}
+}
+
+// drainTx reads the transmit timestamps waiting on the sending socket.
+func (t *tracer) drainTx() {
+	if !t.txOK {
+		return
+	}
+	switch t.opts.Protocol {
+	case ICMP:
+		t.readTxTimestamps(t.icmpFD)
+	case UDP:
+		t.readTxTimestamps(t.udpFD)
 	}
 }
 
@@ -471,18 +574,7 @@ func (t *tracer) match(r Reply, at time.Time) {
 
 // record stores a reply for probe p; the caller holds t.mu.
 func (t *tracer) record(p *probe, from net.IP, at time.Time) {
-	h := t.hops[p.ttl]
-	if h == nil {
-		h = &Hop{TTL: p.ttl, Replies: map[string]int{}}
-		t.hops[p.ttl] = h
-	}
-	rtt := float64(at.Sub(p.sent)) / float64(time.Millisecond)
-	if rtt < 0 {
-		rtt = 0
-	}
-	h.Replies[from.String()]++
-	h.RTTs = append(h.RTTs, rtt)
-	t.seen[[2]int{p.ttl, p.round}] = true
+	p.from, p.rx = from, at
 }
 
 func (t *tracer) reached(ttl int) {
@@ -505,32 +597,22 @@ func (t *tracer) pending(now time.Time) bool {
 	return false
 }
 
-// report builds the per-hop table. When final, probes still pending count
-// as lost; otherwise they are left out of Snt.
+// report builds the per-hop table from every probe sent. When final,
+// probes still pending count as lost; otherwise they are left out of Snt.
 func (t *tracer) report(rounds int, final bool) *Report {
+	if final {
+		t.drainTx()
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := time.Now()
-	sent := map[int]int{}
-	lost := map[int][]int{}
-	maxTTL := 0
-	for _, p := range t.probes {
-		if !final && !p.done && now.Sub(p.sent) < t.opts.Timeout {
-			continue
-		}
-		sent[p.ttl]++
-		if p.ttl > maxTTL {
-			maxTTL = p.ttl
-		}
-	}
-	last := maxTTL
-	if t.dest > 0 {
-		last = t.dest
-	} else {
+	last := t.dest
+	if last == 0 {
 		// Not reached: stop after the last hop that answered.
-		last = 0
-		for ttl := range t.hops {
-			last = max(last, ttl)
+		for _, p := range t.all {
+			if p.from != nil {
+				last = max(last, p.ttl)
+			}
 		}
 	}
 	rep := &Report{Target: t.opts.Target, Address: t.dst.String(), Protocol: string(t.opts.Protocol),
@@ -538,34 +620,31 @@ func (t *tracer) report(rounds int, final bool) *Report {
 	if t.opts.Protocol == TCP {
 		rep.Port = t.opts.Port
 	}
-	for _, p := range t.probes {
-		if p.ttl > last || (!final && !p.done && now.Sub(p.sent) < t.opts.Timeout) {
+	hops := make([]Hop, last)
+	for i := range hops {
+		hops[i] = Hop{TTL: i + 1, Replies: map[string]int{}, ICMP: t.icmp[i+1]}
+	}
+	for _, p := range t.all { // in send order: RTTs and Last follow it
+		if p.ttl > last {
 			continue
 		}
-		if !t.seen[[2]int{p.ttl, p.round}] {
-			lost[p.ttl] = append(lost[p.ttl], p.round)
+		h := &hops[p.ttl-1]
+		if p.from != nil {
+			h.Sent++
+			h.Replies[p.from.String()]++
+			h.RTTs = append(h.RTTs, p.rtt())
+			continue
 		}
+		if !final && !p.done && now.Sub(p.sent) < t.opts.Timeout {
+			continue // still waiting
+		}
+		h.Sent++
+		h.Lost = append(h.Lost, p.round)
 	}
-	for ttl := 1; ttl <= last; ttl++ {
-		h := Hop{TTL: ttl, Replies: map[string]int{}}
-		if src := t.hops[ttl]; src != nil {
-			for k, v := range src.Replies {
-				h.Replies[k] = v
-			}
-			h.RTTs = append([]float64(nil), src.RTTs...)
-		}
-		h.Sent = sent[ttl]
-		// A hop can have more replies than counted sends while probes are
-		// pending; never show negative loss.
-		if len(h.RTTs) > h.Sent {
-			h.Sent = len(h.RTTs)
-		}
-		h.Lost = lost[ttl]
-		sort.Ints(h.Lost)
-		h.ICMP = t.icmp[ttl]
-		h.hopStats()
-		rep.Hops = append(rep.Hops, h)
+	for i := range hops {
+		hops[i].hopStats()
 	}
+	rep.Hops = hops
 	rep.Annotate()
 	return rep
 }
