@@ -66,6 +66,11 @@ func buildTopology(t *testing.T) topology {
 	run(node, "ip", "route", "add", "blackhole", "198.18.50.0/24", "table", "100")
 	run(node, "ip", "-6", "route", "add", "fd00:19::/64", "dev", "br0", "table", "100")
 	run(node, "ip", "rule", "add", "from", "198.18.21.0/24", "fwmark", "0x10/0xff", "lookup", "100", "pref", "100")
+	// kube-proxy's IPVS mode binds Service addresses to kube-ipvs0 (a dummy
+	// device; this kernel has no dummy driver, a bridge stands in).
+	run(node, "ip", "link", "add", "kube-ipvs0", "type", "bridge")
+	run(node, "ip", "addr", "add", "198.19.0.1/32", "dev", "kube-ipvs0")
+	run(node, "ip", "addr", "add", "198.19.0.10/32", "dev", "kube-ipvs0")
 	// Namespace sysctls (never the root namespace's).
 	err := namespace.Do(testutil.Path(node), func() error {
 		for k, v := range map[string]string{
@@ -146,8 +151,8 @@ func TestCollectTopology(t *testing.T) {
 	}
 
 	t.Run("links", func(t *testing.T) {
-		if len(s.Links) != 6 { // lo u0 u1 br0 vp0 vx0
-			t.Errorf("%d links, want 6: %+v", len(s.Links), s.Links)
+		if len(s.Links) != 7 { // lo u0 u1 br0 vp0 vx0 kube-ipvs0
+			t.Errorf("%d links, want 7: %+v", len(s.Links), s.Links)
 		}
 		br := findLink(t, s, "br0")
 		if br.Type != "bridge" || br.MTU != 1450 || !br.Up || br.Bridge == nil || br.Bridge.VlanFiltering {
@@ -191,6 +196,8 @@ func TestCollectTopology(t *testing.T) {
 			{Link: "u0", CIDR: "198.18.10.1/24", Family: 4, Scope: "global"},
 			{Link: "br0", CIDR: "198.18.21.1/24", Family: 4, Scope: "global"},
 			{Link: "vx0", CIDR: "198.18.20.0/32", Family: 4, Scope: "global"},
+			{Link: "kube-ipvs0", CIDR: "198.19.0.1/32", Family: 4, Scope: "global"},
+			{Link: "kube-ipvs0", CIDR: "198.19.0.10/32", Family: 4, Scope: "global"},
 			{Link: "br0", CIDR: "fd00:18::1/64", Family: 6, Scope: "global"},
 			{Link: "lo", CIDR: "::1/128", Family: 6, Scope: "host"},
 		}
@@ -331,9 +338,16 @@ func TestCollectTopology(t *testing.T) {
 	})
 
 	t.Run("ipvs", func(t *testing.T) {
-		// This kernel has no IPVS: the section is skipped with the reason.
-		if s.IPVS == nil && s.Skipped[SectionIPVS] == "" {
-			t.Errorf("no IPVS facts and no skip reason (errors %v)", s.Errors)
+		// This kernel has no IPVS: the dump is skipped with the reason, and
+		// kube-ipvs0's addresses are still reported.
+		if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
+			t.Skip("this kernel has IPVS; the test expects a kernel without it")
+		}
+		if !strings.Contains(s.Skipped[SectionIPVS], "no IPVS") {
+			t.Errorf("IPVS not skipped with a reason: skipped %v errors %v", s.Skipped, s.Errors)
+		}
+		if s.IPVS == nil || !slices.Equal(s.IPVS.KubeIPVSAddresses, []string{"198.19.0.1/32", "198.19.0.10/32"}) || len(s.IPVS.Services) != 0 {
+			t.Errorf("IPVS facts: %+v", s.IPVS)
 		}
 	})
 
@@ -468,16 +482,17 @@ func TestCollectProcessesAndFiles(t *testing.T) {
 	}
 }
 
-// startSleep starts sleep inside the namespace and kills it (by PID) on cleanup.
-func startSleep(t testing.TB, ns string) int {
+// startProgram starts a program inside the namespace and kills it (by PID)
+// on cleanup.
+func startProgram(t testing.TB, ns, name string, args ...string) int {
 	t.Helper()
 	var cmd *exec.Cmd
 	err := namespace.Do(testutil.Path(ns), func() error {
-		cmd = exec.Command("sleep", "300")
+		cmd = exec.Command(name, args...)
 		return cmd.Start()
 	})
 	if err != nil {
-		t.Fatalf("start sleep in %s: %v", ns, err)
+		t.Fatalf("start %s in %s: %v", name, ns, err)
 	}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
@@ -490,9 +505,23 @@ func TestCollectByPID(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetns(t, "cpid")
 	testutil.MustRun(t, ns, "ip", "link", "add", "pa", "type", "veth", "peer", "name", "pb")
-	pid := startSleep(t, ns)
+	// The process is a copy of sleep named kube-proxy, so the processes
+	// section finds it in the target namespace.
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("sleep not installed")
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp := filepath.Join(t.TempDir(), "kube-proxy")
+	if err := os.WriteFile(kp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pid := startProgram(t, ns, kp, "300")
 	for _, spec := range []string{"pid:" + strconv.Itoa(pid), strconv.Itoa(pid)} {
-		s, err := Collect(context.Background(), Options{Netns: spec, Sections: []string{SectionLinks, SectionSysctls}})
+		s, err := Collect(context.Background(), Options{Netns: spec, Sections: []string{SectionLinks, SectionSysctls, SectionProcesses}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -503,6 +532,13 @@ func TestCollectByPID(t *testing.T) {
 		}
 		if _, ok := s.Sysctls["net.ipv4.conf.pa.rp_filter"]; !ok {
 			t.Errorf("%s: per-interface sysctls not read inside the namespace: %v", spec, s.Sysctls)
+		}
+		i := slices.IndexFunc(s.Processes, func(p facts.Process) bool { return p.PID == pid })
+		if i < 0 {
+			t.Fatalf("%s: process %d not collected: %+v", spec, pid, s.Processes)
+		}
+		if p := s.Processes[i]; p.Name != "kube-proxy" || !p.SameNetns || p.NetnsInode != s.NetnsInode || !slices.Equal(p.Cmdline, []string{kp, "300"}) {
+			t.Errorf("%s: process %+v", spec, p)
 		}
 	}
 }
