@@ -625,7 +625,7 @@ func (cp *ControlPlane) waitHealthy(ctx context.Context, component string, info 
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last check: %v)", ctx.Err(), last)
+			return fmt.Errorf("%w (last check: %w)", ctx.Err(), last)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -688,7 +688,7 @@ func (cp *ControlPlane) httpOK(ctx context.Context, c *http.Client, url, want st
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
 		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
@@ -716,7 +716,7 @@ func (cp *ControlPlane) waitNamespaces(ctx context.Context, names ...string) err
 			}
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("wait for namespace %s: %w (last: %v)", n, ctx.Err(), err)
+				return fmt.Errorf("wait for namespace %s: %w (last: %w)", n, ctx.Err(), err)
 			case <-time.After(200 * time.Millisecond):
 			}
 		}

@@ -93,7 +93,7 @@ func Start(spec Spec) (*Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start %s: open log file: %w", spec.Name, err)
 	}
-	defer logf.Close() // the child has its own copy
+	defer func() { _ = logf.Close() }() // the child has its own copy
 	bootID, err := BootID()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
@@ -107,7 +107,7 @@ func Start(spec Spec) (*Info, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	fmt.Fprintf(logf, "=== %s: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), path, strings.Join(spec.Args, " "))
+	_, _ = fmt.Fprintf(logf, "=== %s: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), path, strings.Join(spec.Args, " "))
 	if err := namespace.Do(spec.Netns, cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %s (%s): %w", spec.Name, path, err)
 	}
@@ -250,15 +250,15 @@ func pidfd(info *Info) (fd int, gone bool, err error) {
 	}
 	st, err := ReadStat(info.PID)
 	if err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return -1, true, nil
 	}
 	if st.StartTime != info.StartTime {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return -1, false, fmt.Errorf("%s (pid %d, start time %d, now %d): %w", info.Name, info.PID, info.StartTime, st.StartTime, ErrNotOurs)
 	}
 	if st.State == 'Z' || st.State == 'X' {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		reap(info.PID, 0)
 		return -1, true, nil
 	}
@@ -272,7 +272,7 @@ func Signal(info *Info, sig syscall.Signal) error {
 	if err != nil || gone {
 		return err
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }()
 	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("signal %s (pid %d) with %v: %w", info.Name, info.PID, sig, err)
 	}
@@ -295,7 +295,7 @@ func Stop(info *Info, timeout time.Duration) error {
 		reap(info.PID, time.Second)
 		return nil
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }()
 	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("stop %s (pid %d): SIGTERM: %w", info.Name, info.PID, err)
 	}
