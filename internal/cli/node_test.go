@@ -29,6 +29,8 @@ func TestNodeCollectBadInput(t *testing.T) {
 		{"negative pid", []string{"node", "collect", "--pid", "-3"}, "positive"},
 		{"zero pid", []string{"node", "collect", "--pid", "0"}, "positive"},
 		{"unknown netns", []string{"node", "collect", "--netns", "ndt-no-such-netns"}, `"ndt-no-such-netns" not found`},
+		{"unknown pid", []string{"node", "collect", "--pid", "999999999"}, `"pid:999999999" not found`},
+		{"pid not a number", []string{"node", "collect", "--pid", "abc"}, "invalid argument"},
 		{"unknown section", []string{"node", "collect", "--sections", "links,bogus"}, `unknown section "bogus"`},
 		{"extra argument", []string{"node", "collect", "extra"}, "unknown command"},
 	}

@@ -40,7 +40,7 @@ var perInterfaceSysctls = []string{"rp_filter", "route_localnet"}
 // the process's main thread).
 func (c *collector) collectProcInNetns(want map[string]bool) {
 	err := namespace.Do(c.nsPath, func() error {
-		if want[SectionSysctls] || want[SectionConntrack] {
+		if want[SectionSysctls] {
 			c.readSysctls()
 		}
 		netDir := c.netDir()
@@ -137,17 +137,30 @@ func (c *collector) sysctlError(key string, err error) error {
 }
 
 // readConntrack fills the conntrack section: table size and limit from
-// the sysctls (read just before) and per-CPU counters from
-// /proc/net/stat/nf_conntrack.
+// net.netfilter.nf_conntrack_count and _max, per-CPU counters from
+// /proc/net/stat/nf_conntrack. Without nf_conntrack loaded none exist and
+// the section is left out, with the reason in Errors.
 func (c *collector) readConntrack(netDir string) {
 	ct := &facts.ConntrackStats{}
 	have := false
-	if v, ok := c.snap.Sysctls["net.netfilter.nf_conntrack_count"]; ok {
-		ct.Count, _ = strconv.ParseUint(v, 10, 64)
-		have = true
-	}
-	if v, ok := c.snap.Sysctls["net.netfilter.nf_conntrack_max"]; ok {
-		ct.Max, _ = strconv.ParseUint(v, 10, 64)
+	for _, f := range []struct {
+		key string
+		dst *uint64
+	}{
+		{"net.netfilter.nf_conntrack_count", &ct.Count},
+		{"net.netfilter.nf_conntrack_max", &ct.Max},
+	} {
+		v, err := readSysctl(c.sysctlPath(f.key))
+		if err != nil {
+			c.fail(SectionConntrack+" "+f.key, c.sysctlError(f.key, err))
+			continue
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			c.fail(SectionConntrack+" "+f.key, fmt.Errorf("sysctl %s in %s: %q is not a number", f.key, c.nsLabel(), v))
+			continue
+		}
+		*f.dst = n
 		have = true
 	}
 	p := filepath.Join(netDir, "stat", "nf_conntrack")
