@@ -60,7 +60,7 @@ func TestMain(m *testing.M) {
 }
 
 // needAPIServer starts the control plane on first use, or skips.
-func needAPIServer(t *testing.T) {
+func needAPIServer(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("skipped in -short: starts a real control plane")

@@ -560,6 +560,9 @@ func ruleClusterCIDRWrong(in *Input, r *Rule) ([]finding.Finding, []finding.Chec
 			cs = append(cs, r.check(n, finding.Pass, ""))
 			continue
 		}
+		if len(ev) > 10 {
+			ev = append(ev[:10:10], fmt.Sprintf("... and %d more", len(ev)-10))
+		}
 		ev = append([]string{c.source + ": clusterCIDR " + c.clusterCIDR}, ev...)
 		f := r.finding(n, "kube-proxy", "kube-proxy on "+n+" has clusterCIDR "+c.clusterCIDR+", which is not the pod network: ClusterIP traffic from the node is masqueraded wrongly or not at all",
 			ev, "set clusterCIDR (or --cluster-cidr) to the pod network "+suggestClusterCIDR(in.Cluster)+", not the Service CIDR; restart kube-proxy and verify the `! -s <pod CIDR> -j KUBE-MARK-MASQ` rule")

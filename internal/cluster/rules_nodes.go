@@ -85,6 +85,9 @@ func ruleOverlaySourceMismatch(in *Input, r *Rule) ([]finding.Finding, []finding
 			cs = append(cs, r.check(n.Name, finding.Pass, ""))
 			continue
 		}
+		if len(ev) > 10 {
+			ev = append(ev[:10:10], fmt.Sprintf("... and %d more", len(ev)-10))
+		}
 		ev = append(ev, fmt.Sprintf("InternalIP of %s: %s; uplink addresses: %s", n.Name, orNone(n.InternalIP), orNone(strings.Join(a.Summary.UplinkAddresses, ", "))))
 		fs = append(fs, r.finding(n.Name, "node/"+n.Name, "node "+n.Name+" sends overlay traffic from an address its peers do not know: requests arrive, replies never come back",
 			ev, "remove the extra address from the uplink (or pin flannel with --iface/--public-ip to the address peers know) and restart flannel; verify `ip -d link show flannel.1` local matches the public-ip annotation and peers' `bridge fdb show dev flannel.1`"))

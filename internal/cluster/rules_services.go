@@ -343,6 +343,13 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 		return nil, skipAll(r, noAgents)
 	}
 	exp := expectedServiceRules(in.Cluster)
+	expHash := make(map[string]string, len(exp))
+	keys := make([]string, 0, len(exp))
+	for k, v := range exp {
+		expHash[k] = EndpointsHash(v)
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
 	var fs []finding.Finding
 	var cs []finding.Check
 	for _, n := range agentNodes(in) {
@@ -356,15 +363,10 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			cs = append(cs, r.check(n, finding.Skipped, "no service rules at all on the node (see kube-proxy-not-running)"))
 			continue
 		}
-		have := map[string]ServiceRule{}
+		have := make(map[string]ServiceRule, len(a.ServiceRules))
 		for _, sr := range a.ServiceRules {
 			have[sr.Key()] = sr
 		}
-		keys := make([]string, 0, len(exp))
-		for k := range exp {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
 		var ev []string
 		var subjects []string
 		for _, k := range keys {
@@ -374,7 +376,7 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			case !ok:
 				ev = append(ev, fmt.Sprintf("%s: no %s rule on %s; the API has %d ready endpoints (%s)", k, orNone(a.ServiceRulesMode), n, len(want), short(want)))
 				subjects = append(subjects, k)
-			case got.Hash != EndpointsHash(want):
+			case got.Hash != expHash[k]:
 				e := fmt.Sprintf("%s: %d DNAT targets on %s, the API has %d ready endpoints", k, got.Endpoints, n, len(want))
 				if len(got.Targets) > 0 {
 					miss, extra := diff(want, got.Targets)

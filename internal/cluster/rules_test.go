@@ -82,13 +82,13 @@ func healthyAgents(s *Snapshot, spec *ProbeSpec) map[string]*AgentResult {
 			Sysctls:      map[string]string{"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"},
 			Routes:       map[string]int{"default via <gateway> dev eth0": 1, "<own-pod-cidr> dev cni0": 1, "<peer-pod-cidr> via <peer-pod-net> dev flannel.1 onlink": 2},
 			Netfilter:    map[string]string{"filter/FORWARD": "policy ACCEPT 3 rules", "nat/KUBE-SERVICES": "abc"},
-			Tunnels:      []Tunnel{{Device: "flannel.1", Type: "vxlan", Local: n.InternalIP, Port: 8472, VNI: 1, MAC: fmt.Sprintf("aa:bb:cc:00:00:0%d", i+1)}},
+			Tunnels:      []Tunnel{{Device: "flannel.1", Type: "vxlan", Local: n.InternalIP, Port: 8472, VNI: 1, MAC: vtepMAC(&s.Nodes[i])}},
 			TunnelSource: n.InternalIP, UplinkAddresses: []string{n.InternalIP + "/24"},
 			FDB: map[string]string{},
 		}
 		for j, p := range s.Nodes {
 			if p.Name != n.Name {
-				a.Summary.FDB[fmt.Sprintf("aa:bb:cc:00:00:0%d", j+1)] = p.InternalIP
+				a.Summary.FDB[vtepMAC(&s.Nodes[j])] = p.InternalIP
 			}
 		}
 		if spec != nil {
