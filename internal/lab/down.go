@@ -46,7 +46,7 @@ func Down(name, stateRoot string) (*DownReport, error) {
 	}
 
 	// 1. Processes recorded by proc, stopped in parallel (SIGTERM, then SIGKILL).
-	infos, _ := proc.LoadDir(ProcDir(dir))
+	infos := AllProcs(dir)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, in := range infos {
@@ -246,4 +246,15 @@ func removeIfEmpty(p string) {
 	case fi.Mode().IsRegular() && fi.Size() == 0:
 		_ = os.Remove(p)
 	}
+}
+
+// AllProcs loads every proc state file of a lab: its own (kubelets, pods, upstream DNS) and
+// the control plane's.
+func AllProcs(stateDir string) []*proc.Info {
+	var out []*proc.Info
+	for _, d := range []string{ProcDir(stateDir), filepath.Join(CPStateDir(stateDir), "procs")} {
+		infos, _ := proc.LoadDir(d)
+		out = append(out, infos...)
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/netdoctor/netdoctor/internal/lab/proc"
 	"github.com/netdoctor/netdoctor/internal/namespace"
 )
 
@@ -73,3 +74,5 @@ func PrefixNet(p netip.Prefix) *net.IPNet {
 	p = p.Masked()
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+func aliveInfo(in *proc.Info) bool { return proc.Alive(in) }

@@ -12,13 +12,16 @@ import (
 // State is what a lab records about itself in its state directory (lab.json), written before
 // and after each step so that `lab down` finds everything even after a crash.
 type State struct {
-	Config     Config      `json:"config"`
-	Created    time.Time   `json:"created"`
-	Phase      string      `json:"phase"` // building, running
-	Namespaces []string    `json:"namespaces"`
-	RootLink   string      `json:"rootLink"`
-	Kubeconfig string      `json:"kubeconfig,omitempty"`
-	Nodes      []NodeState `json:"nodes"`
+	Config     Config    `json:"config"`
+	Created    time.Time `json:"created"`
+	Phase      string    `json:"phase"` // building, running
+	Namespaces []string  `json:"namespaces"`
+	RootLink   string    `json:"rootLink"`
+	Kubeconfig string    `json:"kubeconfig,omitempty"`
+	// FlannelKubeconfig is the identity the nodes' flannel reconcilers watch Nodes with
+	// (the Node authorizer lets a kubelet read only its own Node).
+	FlannelKubeconfig string      `json:"flannelKubeconfig,omitempty"`
+	Nodes             []NodeState `json:"nodes"`
 	// Mountpoints are empty directories created on the host file system as bind-mount targets
 	// for pod processes (each inside its own mount namespace); `lab down` removes them if empty.
 	Mountpoints []string `json:"mountpoints,omitempty"`

@@ -50,9 +50,11 @@ type Kubelet struct {
 	nodeDir  string
 	stateDir string
 	client   kubernetes.Interface
-	caPEM    []byte
-	nh       *netlink.Handle
-	log      *slog.Logger
+	// flannelClient watches Nodes (flannel's identity).
+	flannelClient kubernetes.Interface
+	caPEM         []byte
+	nh            *netlink.Handle
+	log           *slog.Logger
 
 	podCIDR netip.Prefix
 	ipam    *IPAM
@@ -105,7 +107,19 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer nh.Close()
-	k := &Kubelet{
+	// flanneld watches every Node with its own identity: the Node authorizer lets a kubelet
+	// read only its own Node.
+	fclient := client
+	if st.FlannelKubeconfig != "" {
+		frc, err := clientcmd.BuildConfigFromFlags("", st.FlannelKubeconfig)
+		if err != nil {
+			return fmt.Errorf("flannel kubeconfig: %w", err)
+		}
+		if fclient, err = kubernetes.NewForConfig(frc); err != nil {
+			return fmt.Errorf("flannel client: %w", err)
+		}
+	}
+	k := &Kubelet{flannelClient: fclient,
 		opts: opts, cfg: st.Config, node: *ns, nodeIP: ip, stateDir: stateDir,
 		nodeDir: lab.NodeDir(stateDir, opts.Node), client: client, caPEM: caPEM, nh: nh,
 		log:  slog.Default().With("node", opts.Node),
@@ -154,7 +168,7 @@ func (k *Kubelet) run(ctx context.Context) error {
 	}()
 	k.apiHost, k.apiPort = k.kubernetesService(ctx)
 
-	nodeInf := informers.NewSharedInformerFactory(k.client, 0)
+	nodeInf := informers.NewSharedInformerFactory(k.flannelClient, 0)
 	ni := nodeInf.Core().V1().Nodes().Informer()
 	_, _ = ni.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { k.nodeChanged(o.(*corev1.Node)) },

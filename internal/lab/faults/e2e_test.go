@@ -1,0 +1,294 @@
+package faults_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/netdoctor/netdoctor/internal/cri"
+	"github.com/netdoctor/netdoctor/internal/lab"
+	"github.com/netdoctor/netdoctor/internal/lab/faults"
+	"github.com/netdoctor/netdoctor/internal/lab/flannel"
+	"github.com/netdoctor/netdoctor/internal/lab/kubelet"
+	"github.com/netdoctor/netdoctor/internal/lab/proc"
+	"github.com/netdoctor/netdoctor/internal/namespace"
+	"github.com/netdoctor/netdoctor/internal/testutil"
+)
+
+// binaries returns the netdoctor-k8s and netdoctor binaries, building netdoctor if
+// NETDOCTOR_BIN is not set; it skips when netdoctor-k8s is not built.
+func binaries(t *testing.T) (k8s, self string) {
+	t.Helper()
+	k8s = os.Getenv("NETDOCTOR_K8S_BIN")
+	if k8s == "" {
+		if root, err := filepath.Abs("../../.."); err == nil {
+			k8s = filepath.Join(root, "bin", "netdoctor-k8s")
+		}
+	}
+	if _, err := os.Stat(k8s); err != nil {
+		t.Skipf("skipped: lab Kubernetes binary not built (%v): run `make labbins` or set NETDOCTOR_K8S_BIN", err)
+	}
+	self = os.Getenv("NETDOCTOR_BIN")
+	if self == "" {
+		self = filepath.Join(t.TempDir(), "netdoctor")
+		out, err := exec.Command("go", "build", "-o", self, "github.com/netdoctor/netdoctor/cmd/netdoctor").CombinedOutput()
+		if err != nil {
+			t.Skipf("skipped: cannot build netdoctor for the lab's kubelets: %v\n%s", err, out)
+		}
+	}
+	return k8s, self
+}
+
+// TestLab is the lab end to end: up (iptables mode), a healthy cluster proven by probes from
+// pod namespaces, every datapath fault injected, proven and healed, `lab down` leaving
+// nothing; then the same cluster in nftables mode.
+func TestLab(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, p := range []string{"ping", "iptables", "iptables-save", "nft"} {
+		testutil.RequireProgram(t, p)
+	}
+	if testing.Short() {
+		t.Skip("skipped in -short: brings up a whole cluster")
+	}
+	k8s, self := binaries(t)
+	root := t.TempDir()
+
+	for _, mode := range []string{"iptables", "nftables"} {
+		name := "e2e" + mode[:3]
+		c := lab.Config{Name: name, Nodes: 3, ProxyMode: mode, StateRoot: root, K8sBin: k8s, SelfBin: self}.WithDefaults()
+		ok := t.Run(mode, func(t *testing.T) {
+			t.Cleanup(func() { _, _ = lab.Down(name, root) })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			begin := time.Now()
+			l, err := lab.Up(ctx, c, lab.UpOptions{Progress: func(s string) { t.Log(s) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("lab up in %s", time.Since(begin).Round(100*time.Millisecond))
+			healthy(t, ctx, l)
+			if mode == "iptables" {
+				statusJSON(t, self, root, name)
+				for _, f := range faults.All() {
+					t.Run(f.ID, func(t *testing.T) { faultCycle(t, ctx, l, f) })
+				}
+			}
+			downLeavesNothing(t, l, root)
+		})
+		if !ok {
+			break
+		}
+	}
+}
+
+func healthy(t *testing.T, ctx context.Context, l *lab.Lab) {
+	t.Helper()
+	pods, err := l.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodesWithWeb := map[string]map[string]bool{}
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+			t.Errorf("pod %s/%s: phase %s ip %q", p.Namespace, p.Name, p.Status.Phase, p.Status.PodIP)
+		}
+		if p.Labels["app"] == lab.SampleName {
+			if nodesWithWeb[p.Namespace] == nil {
+				nodesWithWeb[p.Namespace] = map[string]bool{}
+			}
+			nodesWithWeb[p.Namespace][p.Spec.NodeName] = true
+		}
+	}
+	for _, ns := range lab.SampleNamespaces {
+		if len(nodesWithWeb[ns]) != len(l.State.Nodes) {
+			t.Errorf("web pods of %s on %v, want every node", ns, nodesWithWeb[ns])
+		}
+	}
+	// Flannel's lease on every node, and subnet.env.
+	for _, n := range l.State.Nodes {
+		node, err := l.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := flannel.PeerFromNode(node.Name, node.Spec.PodCIDR, node.Annotations); !ok || node.Annotations[flannel.AnnoPublicIP] != n.IP {
+			t.Errorf("node %s flannel annotations %v", n.Name, node.Annotations)
+		}
+		env, err := os.ReadFile(kubelet.SubnetEnvPath(l.State.Config.StateDir(), n.Name))
+		if err != nil || !strings.Contains(string(env), "FLANNEL_NETWORK="+l.State.Config.ClusterCIDR.String()) {
+			t.Errorf("subnet.env of %s: %q, %v", n.Name, env, err)
+		}
+	}
+
+	p := faults.NewProber(l)
+	webs := map[string]faults.PodRef{}
+	for _, n := range l.State.Nodes {
+		w, err := p.WebPod(ctx, n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		webs[n.Name] = w
+	}
+	// Pod to pod across nodes, ICMP and TCP, every ordered pair.
+	for _, a := range l.State.Nodes {
+		for _, b := range l.State.Nodes {
+			if a.Name == b.Name {
+				continue
+			}
+			src, dst := webs[a.Name], webs[b.Name]
+			if err := faults.Ping(ctx, src.Netns, dst.IP, 0); err != nil {
+				t.Errorf("ping %s -> %s: %v", a.Name, b.Name, err)
+			}
+			if err := faults.HTTPGet(ctx, src.Netns, dst.IP+":80", "pod "+dst.Name); err != nil {
+				t.Errorf("tcp %s -> %s: %v", a.Name, b.Name, err)
+			}
+		}
+	}
+	src := webs[l.State.Nodes[0].Name]
+	// Pod to ClusterIP through kube-proxy's rules, both namespaces; DNS through CoreDNS.
+	for _, ns := range lab.SampleNamespaces {
+		svc, err := l.Client.CoreV1().Services(ns).Get(ctx, lab.SampleName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 6; i++ {
+			if err := faults.HTTPGet(ctx, src.Netns, svc.Spec.ClusterIP+":80", "pod web-"); err != nil {
+				t.Errorf("pod -> ClusterIP %s (%s/web): %v", svc.Spec.ClusterIP, ns, err)
+			}
+		}
+		ips, err := faults.LookupA(ctx, src.Netns, l.State.Config.ClusterDNSIP().String(), "web."+ns+".svc.cluster.local.")
+		if err != nil || len(ips) != 1 || ips[0] != svc.Spec.ClusterIP {
+			t.Errorf("DNS web.%s.svc.cluster.local = %v, %v; want %s", ns, ips, err, svc.Spec.ClusterIP)
+		}
+	}
+	ips, err := faults.LookupA(ctx, src.Netns, l.State.Config.ClusterDNSIP().String(), lab.ExtHostName)
+	if err != nil || len(ips) != 1 || ips[0] != l.State.Config.ExtIP().String() {
+		t.Errorf("DNS %s through CoreDNS and the upstream = %v, %v", lab.ExtHostName, ips, err)
+	}
+	// Pod to the external host: masqueraded by flannel's FLANNEL-POSTRTG.
+	if err := faults.Ping(ctx, src.Netns, l.State.Config.ExtIP().String(), 0); err != nil {
+		t.Errorf("pod -> external host: %v", err)
+	}
+	// A pod process sees its own resolv.conf at /etc/resolv.conf (private mount namespace).
+	c, err := cri.Dial(ctx, kubelet.CRISocket(l.State.Config.StateDir(), src.Node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	found, err := c.FindPod(ctx, src.Namespace, src.Name)
+	if err != nil || found.PID == 0 {
+		t.Fatalf("CRI FindPod: %+v, %v", found, err)
+	}
+	rc, err := os.ReadFile(filepath.Join("/proc", itoa(found.PID), "root", "etc", "resolv.conf"))
+	want := "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver " + l.State.Config.ClusterDNSIP().String() + "\noptions ndots:5\n"
+	if err != nil || string(rc) != want {
+		t.Errorf("resolv.conf seen by pod process %d: %q, %v; want %q", found.PID, rc, err, want)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func faultCycle(t *testing.T, ctx context.Context, l *lab.Lab, f faults.Fault) {
+	in, err := faults.Inject(ctx, l, f.ID, "node2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	healed := false
+	defer func() {
+		if !healed {
+			_, _ = faults.Heal(ctx, l, f.ID)
+		}
+	}()
+	tg, err := faults.NewTarget(l, in.Node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := faults.NewProber(l)
+	for _, r := range p.Verify(ctx, f, tg, true) {
+		if !r.Pass {
+			t.Errorf("injected: %s from %s to %s: traffic ok=%v (%s)", r.Check, r.From, r.To, r.OK, r.Err)
+		}
+	}
+	h, err := faults.Heal(ctx, l, f.ID)
+	if err != nil || len(h) != 1 {
+		t.Fatalf("heal: %v, %v", h, err)
+	}
+	healed = true
+	for _, r := range p.Verify(ctx, f, tg, false) {
+		if !r.Pass {
+			t.Errorf("healed: %s from %s to %s still fails: %s", r.Check, r.From, r.To, r.Err)
+		}
+	}
+	if act, _ := faults.Active(l); len(act) != 0 {
+		t.Errorf("still recorded as injected: %v", act)
+	}
+}
+
+func statusJSON(t *testing.T, self, root, name string) {
+	cmd := exec.Command(self, "lab", "status", "--name", name, "-o", "json")
+	cmd.Env = append(os.Environ(), "NETDOCTOR_LAB_STATE="+root)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("lab status: %v", err)
+	}
+	var s lab.Status
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatalf("lab status -o json: %v\n%s", err, out)
+	}
+	if s.Kubeconfig == "" || len(s.Nodes) != 3 || s.Nodes[0].Netns == "" || s.Nodes[0].PodCIDR == "" || len(s.Processes) < 10 {
+		t.Fatalf("lab status: %+v", s)
+	}
+	for _, p := range s.Processes {
+		if !p.Alive || p.LogFile == "" {
+			t.Errorf("process %+v", p)
+		}
+	}
+}
+
+func downLeavesNothing(t *testing.T, l *lab.Lab, root string) {
+	t.Helper()
+	name := l.State.Config.Name
+	procs := lab.AllProcs(l.State.Config.StateDir())
+	if len(procs) == 0 {
+		t.Fatal("no lab processes recorded")
+	}
+	begin := time.Now()
+	if _, err := lab.Down(name, root); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lab down in %s", time.Since(begin).Round(10*time.Millisecond))
+	for _, p := range procs {
+		if proc.Alive(p) {
+			t.Errorf("process %s (%d) still alive", p.Name, p.PID)
+		}
+		if err := syscall.Kill(p.PID, 0); err == nil {
+			if st, err := proc.ReadStat(p.PID); err == nil && st.StartTime == p.StartTime {
+				t.Errorf("process %s (%d) still exists", p.Name, p.PID)
+			}
+		}
+	}
+	if left, _ := lab.ListOwnedNetns(name); len(left) != 0 {
+		t.Errorf("namespaces left: %v", left)
+	}
+	if namespace.Exists(lab.NetnsPrefix(name) + "hub") {
+		t.Error("hub namespace left")
+	}
+	if _, err := exec.Command("ip", "link", "show", lab.RootLinkName(name)).CombinedOutput(); err == nil {
+		t.Errorf("root link %s left", lab.RootLinkName(name))
+	}
+	if _, err := os.Stat(l.State.Config.StateDir()); err == nil {
+		t.Error("state directory left")
+	}
+	if _, err := lab.Down(name, root); err != nil {
+		t.Errorf("second down: %v", err)
+	}
+}

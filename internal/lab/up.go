@@ -1,0 +1,429 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/netdoctor/netdoctor/internal/command"
+	"github.com/netdoctor/netdoctor/internal/lab/controlplane"
+	"github.com/netdoctor/netdoctor/internal/lab/proc"
+	"github.com/netdoctor/netdoctor/internal/namespace"
+)
+
+// UpOptions tune Up.
+type UpOptions struct {
+	// HostNetns is the namespace whose addresses and routes the safety check reads;
+	// "" = the caller's (the host's).
+	HostNetns string
+	// Progress, if set, receives one line per step.
+	Progress func(string)
+	// KeepOnFailure leaves a failed lab in place (for debugging) instead of removing it.
+	KeepOnFailure bool
+	// ReadyTimeout bounds the wait for every pod and kube-proxy rule; default 3 minutes.
+	ReadyTimeout time.Duration
+}
+
+// Lab is a running lab: its state and an admin client.
+type Lab struct {
+	State  *State
+	CP     *controlplane.ControlPlane
+	Client kubernetes.Interface
+}
+
+// CPStateDir is the control plane's state directory inside the lab's.
+func CPStateDir(stateDir string) string { return filepath.Join(stateDir, "cp") }
+
+// Up builds a lab: safety check, topology, upstream DNS, control plane, kubelets, kube-proxy
+// and CoreDNS add-ons, sample workloads; it returns once every pod runs and is ready and
+// every node's kube-proxy has written the sample services' rules. On failure the half-built
+// lab is removed unless KeepOnFailure.
+func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 3 * time.Minute
+	}
+	say := func(f string, a ...any) {
+		if o.Progress != nil {
+			o.Progress(fmt.Sprintf(f, a...))
+		}
+	}
+	for _, b := range []struct{ what, path string }{{"netdoctor-k8s", c.K8sBin}, {"netdoctor", c.SelfBin}} {
+		if b.path == "" {
+			return nil, fmt.Errorf("lab: path of the %s binary not set", b.what)
+		}
+		if _, err := os.Stat(b.path); err != nil {
+			return nil, fmt.Errorf("lab: %s binary: %w", b.what, err)
+		}
+	}
+	if _, err := LoadState(c.StateDir()); err == nil {
+		return nil, fmt.Errorf("lab %s already exists (state in %s): run `netdoctor lab down --name %s` first", c.Name, c.StateDir(), c.Name)
+	}
+	if left, _ := ListOwnedNetns(c.Name); len(left) > 0 {
+		return nil, fmt.Errorf("namespaces of lab %s are left from an earlier run (%s): run `netdoctor lab down --name %s` first", c.Name, strings.Join(left, ", "), c.Name)
+	}
+	// Safety first: nothing is created before this check passes.
+	if err := c.CheckHost(o.HostNetns); err != nil {
+		return nil, err
+	}
+	begin := time.Now()
+	st := &State{Config: c, Created: begin.UTC(), Phase: "building"}
+	if err := st.Save(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && !o.KeepOnFailure {
+			if _, derr := Down(c.Name, c.StateRoot); derr != nil {
+				err = errors.Join(err, fmt.Errorf("clean up the failed lab: %w", derr))
+			}
+		}
+	}()
+
+	say("topology: %d nodes on %s, root link %s %s", c.Nodes, c.UnderlayCIDR, RootLinkName(c.Name), c.RootIP())
+	if err := BuildTopology(c, st); err != nil {
+		return nil, err
+	}
+	say("upstream DNS %s (zone %s)", c.DNSIP(), ExtZone)
+	if err := startUpstreamDNS(c); err != nil {
+		return nil, err
+	}
+	say("control plane in %s (API server https://%s:%d)", c.CPNetns(), c.CPIP(), controlplane.APIServerPort)
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		StateDir: CPStateDir(c.StateDir()), K8sBin: c.K8sBin, Netns: NetnsPath(c.CPNetns()),
+		AdvertiseIP: c.CPIP().String(), ServiceCIDR: c.ServiceCIDR.String(), ClusterCIDR: c.ClusterCIDR.String(),
+		NodeCIDRMaskSize: c.NodeCIDRMaskSize,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st.Kubeconfig = cp.Kubeconfig
+	client, err := cp.Client()
+	if err != nil {
+		return nil, err
+	}
+	if st.FlannelKubeconfig, err = setupFlannelIdentity(ctx, cp, client); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= c.Nodes; i++ {
+		kc, err := cp.NodeKubeconfig(NodeName(i))
+		if err != nil {
+			return nil, err
+		}
+		st.Nodes = append(st.Nodes, NodeState{Name: NodeName(i), Netns: c.NodeNetns(i), IP: c.NodeIP(i).String(), Kubeconfig: kc})
+	}
+	if err := st.Save(); err != nil {
+		return nil, err
+	}
+	say("kubelets on %d nodes", c.Nodes)
+	for _, n := range st.Nodes {
+		if err := StartKubelet(c, n.Name); err != nil {
+			return nil, err
+		}
+	}
+	say("add-ons: kube-proxy (%s mode), CoreDNS at %s", c.ProxyMode, c.ClusterDNSIP())
+	if err := controlplane.Apply(ctx, client, cp.KubeProxyManifests(c.ProxyMode)); err != nil {
+		return nil, fmt.Errorf("apply kube-proxy: %w", err)
+	}
+	if err := controlplane.Apply(ctx, client, controlplane.CoreDNSManifests(c.ClusterDNSIP().String(), c.DNSIP().String())); err != nil {
+		return nil, fmt.Errorf("apply CoreDNS: %w", err)
+	}
+	say("sample workloads: web Deployment + Service in %s", strings.Join(SampleNamespaces, ", "))
+	if err := ApplySamples(ctx, client, c.Nodes); err != nil {
+		return nil, err
+	}
+	l = &Lab{State: st, CP: cp, Client: client}
+	say("waiting for nodes, pods and kube-proxy rules")
+	wctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
+	defer cancel()
+	if err := l.WaitReady(wctx); err != nil {
+		return nil, err
+	}
+	st.Phase = "running"
+	if err := st.Save(); err != nil {
+		return nil, err
+	}
+	say("lab %s up in %s", c.Name, time.Since(begin).Round(100*time.Millisecond))
+	return l, nil
+}
+
+// FlannelUser is the identity of the nodes' flannel reconcilers, bound to flannel's ClusterRole.
+const FlannelUser = "system:netdoctor-lab:flannel"
+
+// setupFlannelIdentity creates flannel's ClusterRole (as kube-flannel.yml has it) bound to
+// FlannelUser and writes a kubeconfig for that user.
+func setupFlannelIdentity(ctx context.Context, cp *controlplane.ControlPlane, cs kubernetes.Interface) (string, error) {
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+		},
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("create clusterrole flannel: %w", err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "flannel"},
+		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: FlannelUser}},
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("create clusterrolebinding flannel: %w", err)
+	}
+	p := filepath.Join(cp.Config.StateDir, "kubeconfigs", "flannel.conf")
+	if err := cp.WriteKubeconfig(p, controlplane.Identity{User: FlannelUser}); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// StartKubelet starts node's lab kubelet (`netdoctor lab kubelet`) detached in its namespace.
+func StartKubelet(c Config, node string) error {
+	dir := c.StateDir()
+	_, err := proc.Start(proc.Spec{
+		Name:      "kubelet-" + node,
+		Path:      c.SelfBin,
+		Args:      []string{"-v", "lab", "kubelet", "--lab", c.Name, "--node", node, "--state-root", c.StateRoot},
+		Netns:     NetnsPath(NetnsPrefix(c.Name) + node),
+		LogFile:   filepath.Join(LogDir(dir), "kubelet-"+node+".log"),
+		StateFile: filepath.Join(ProcDir(dir), "kubelet-"+node+".json"),
+	})
+	return err
+}
+
+// UpstreamCorefile is the upstream DNS server's configuration: authoritative for ExtZone
+// only (REFUSED for every other name: the lab never forwards to the internet).
+func UpstreamCorefile(zoneFile string) string {
+	return ExtZone + ":53 {\n    file " + zoneFile + "\n    errors\n    log\n}\n"
+}
+
+// UpstreamZone is the zone file of ExtZone.
+func (c Config) UpstreamZone() string {
+	return "$ORIGIN " + ExtZone + "\n" +
+		"@\t3600\tIN\tSOA\tns." + ExtZone + " admin." + ExtZone + " 1 7200 3600 1209600 60\n" +
+		"@\t3600\tIN\tNS\tns." + ExtZone + "\n" +
+		"ns\t3600\tIN\tA\t" + c.DNSIP().String() + "\n" +
+		"www\t3600\tIN\tA\t" + c.ExtIP().String() + "\n"
+}
+
+func startUpstreamDNS(c Config) error {
+	dir := filepath.Join(c.StateDir(), "dns")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("upstream DNS directory: %w", err)
+	}
+	zone := filepath.Join(dir, "db."+strings.TrimSuffix(ExtZone, "."))
+	if err := os.WriteFile(zone, []byte(c.UpstreamZone()), 0o644); err != nil {
+		return fmt.Errorf("write zone file: %w", err)
+	}
+	corefile := filepath.Join(dir, "Corefile")
+	if err := os.WriteFile(corefile, []byte(UpstreamCorefile(zone)), 0o644); err != nil {
+		return fmt.Errorf("write Corefile: %w", err)
+	}
+	_, err := proc.Start(proc.Spec{
+		Name: "upstream-dns", Path: c.K8sBin, Args: []string{"coredns", "-conf", corefile},
+		Dir: dir, Netns: NetnsPath(c.DNSNetns()),
+		LogFile:   filepath.Join(LogDir(c.StateDir()), "upstream-dns.log"),
+		StateFile: filepath.Join(ProcDir(c.StateDir()), "upstream-dns.json"),
+	})
+	return err
+}
+
+// Open loads a running lab for commands other than up (status, inject, heal, tests).
+func Open(name, stateRoot string) (*Lab, error) {
+	if stateRoot == "" {
+		stateRoot = DefaultStateRoot()
+	}
+	st, err := LoadState(filepath.Join(stateRoot, name))
+	if err != nil {
+		return nil, err
+	}
+	cp, err := controlplane.Load(CPStateDir(st.Config.StateDir()))
+	if err != nil {
+		return nil, err
+	}
+	client, err := cp.Client()
+	if err != nil {
+		return nil, err
+	}
+	return &Lab{State: st, CP: cp, Client: client}, nil
+}
+
+// WaitReady waits until every node is Ready with a pod CIDR, every pod runs and is ready, and
+// every node's kube-proxy has programmed the sample services. It records pod CIDRs in the state.
+func (l *Lab) WaitReady(ctx context.Context) error {
+	var last string
+	for {
+		why, err := l.notReady(ctx)
+		if err == nil && why == "" {
+			return l.recordPodCIDRs(ctx)
+		}
+		if err != nil {
+			why = err.Error()
+		}
+		last = why
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lab %s not ready: %s: %w", l.State.Config.Name, last, ctx.Err())
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func (l *Lab) recordPodCIDRs(ctx context.Context) error {
+	nodes, err := l.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	for _, n := range nodes.Items {
+		if ns, err := l.State.Node(n.Name); err == nil {
+			ns.PodCIDR = n.Spec.PodCIDR
+		}
+	}
+	return l.State.Save()
+}
+
+func (l *Lab) notReady(ctx context.Context) (string, error) {
+	c := l.State.Config
+	nodes, err := l.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", fmt.Errorf("list nodes: %w", err)
+	}
+	ready := 0
+	for _, n := range nodes.Items {
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue && n.Spec.PodCIDR != "" {
+				ready++
+			}
+		}
+	}
+	if ready < c.Nodes {
+		return fmt.Sprintf("%d of %d nodes ready with a pod CIDR", ready, c.Nodes), nil
+	}
+	pods, err := l.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", fmt.Errorf("list pods: %w", err)
+	}
+	want := 2 + c.Nodes + len(SampleNamespaces)*c.Nodes // CoreDNS, kube-proxy per node, web per node per namespace
+	if len(pods.Items) < want {
+		return fmt.Sprintf("%d of %d pods exist", len(pods.Items), want), nil
+	}
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || !podReady(&p) {
+			return fmt.Sprintf("pod %s/%s is %s (ready=%v, ip %q)", p.Namespace, p.Name, p.Status.Phase, podReady(&p), p.Status.PodIP), nil
+		}
+	}
+	var svcIPs []string
+	for _, ns := range SampleNamespaces {
+		s, err := l.Client.CoreV1().Services(ns).Get(ctx, SampleName, metav1.GetOptions{})
+		if err != nil {
+			return "", fmt.Errorf("get service %s/%s: %w", ns, SampleName, err)
+		}
+		svcIPs = append(svcIPs, s.Spec.ClusterIP)
+	}
+	svcIPs = append(svcIPs, c.ClusterDNSIP().String())
+	for _, n := range l.State.Nodes {
+		if got, err := overlayRoutes(n.Netns); err != nil || got < c.Nodes-1 {
+			return fmt.Sprintf("flannel on %s has %d of %d peer routes (%v)", n.Name, got, c.Nodes-1, err), nil
+		}
+		rules, err := ProxyRules(ctx, n.Netns, c.ProxyMode)
+		if err != nil {
+			return "", err
+		}
+		for _, ip := range svcIPs {
+			if !strings.Contains(rules, ip) {
+				return fmt.Sprintf("kube-proxy on %s has no rule for %s yet", n.Name, ip), nil
+			}
+		}
+		if !HasEndpointRules(rules, c.ProxyMode) {
+			return fmt.Sprintf("kube-proxy on %s has no endpoint rules yet", n.Name), nil
+		}
+	}
+	return "", nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// ProxyRules dumps kube-proxy's rules in a node namespace: `iptables-save -t nat` in iptables
+// mode, `nft list table ip kube-proxy` in nftables mode.
+func ProxyRules(ctx context.Context, netnsName, mode string) (string, error) {
+	var out []byte
+	var err error
+	if mode == "nftables" {
+		out, err = command.Output(ctx, NetnsPath(netnsName), "nft", "list", "table", "ip", "kube-proxy")
+		if err != nil && strings.Contains(err.Error(), "No such file") {
+			return "", nil
+		}
+	} else {
+		out, err = command.Output(ctx, NetnsPath(netnsName), "iptables-save", "-t", "nat")
+	}
+	if err != nil {
+		return "", fmt.Errorf("read kube-proxy rules in %s: %w", netnsName, err)
+	}
+	return string(out), nil
+}
+
+// HasEndpointRules reports whether a kube-proxy dump has per-endpoint DNAT rules.
+func HasEndpointRules(rules, mode string) bool {
+	if mode == "nftables" {
+		return strings.Contains(rules, "dnat to")
+	}
+	return strings.Contains(rules, "-j DNAT")
+}
+
+// Exists reports whether a lab of that name has state or namespaces on this machine.
+func Exists(name, stateRoot string) bool {
+	if stateRoot == "" {
+		stateRoot = DefaultStateRoot()
+	}
+	if _, err := LoadState(filepath.Join(stateRoot, name)); err == nil {
+		return true
+	}
+	left, _ := ListOwnedNetns(name)
+	return len(left) > 0 || namespace.Exists(NetnsPrefix(name)+"hub")
+}
+
+// overlayRoutes counts the routes on flannel.1 in a node namespace (one per programmed peer).
+func overlayRoutes(netnsName string) (int, error) {
+	h, err := Handle(netnsName)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName("flannel.1")
+	if err != nil {
+		return 0, fmt.Errorf("flannel.1 in %s: %w", netnsName, err)
+	}
+	rs, err := h.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return 0, fmt.Errorf("routes of flannel.1 in %s: %w", netnsName, err)
+	}
+	n := 0
+	for _, r := range rs {
+		if r.Dst != nil && r.Gw != nil {
+			n++
+		}
+	}
+	return n, nil
+}
