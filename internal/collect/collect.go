@@ -23,6 +23,7 @@ const (
 	SectionRules     = "rules"
 	SectionNeighbors = "neighbors"
 	SectionFDB       = "fdb"
+	SectionQdiscs    = "qdiscs"
 	SectionSysctls   = "sysctls"
 	SectionConntrack = "conntrack"
 	SectionSoftnet   = "softnet"
@@ -37,7 +38,7 @@ const (
 // AllSections lists every section in collection order.
 var AllSections = []string{
 	SectionLinks, SectionAddresses, SectionRoutes, SectionRules, SectionNeighbors, SectionFDB,
-	SectionSysctls, SectionConntrack, SectionSoftnet, SectionSockets, SectionNetfilter,
+	SectionQdiscs, SectionSysctls, SectionConntrack, SectionSoftnet, SectionSockets, SectionNetfilter,
 	SectionIPVS, SectionProcesses, SectionFiles, SectionKernel,
 }
 
@@ -127,7 +128,7 @@ func Collect(ctx context.Context, opts Options) (*facts.NodeSnapshot, error) {
 		}()
 	}
 	netlinkWanted := want[SectionLinks] || want[SectionAddresses] || want[SectionRoutes] ||
-		want[SectionRules] || want[SectionNeighbors] || want[SectionFDB] || want[SectionIPVS]
+		want[SectionRules] || want[SectionNeighbors] || want[SectionFDB] || want[SectionQdiscs] || want[SectionIPVS]
 	if netlinkWanted {
 		run(func(context.Context) { c.collectNetlink(want) })
 	}

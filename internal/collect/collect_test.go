@@ -33,6 +33,7 @@ func buildTopology(t *testing.T) topology {
 	testutil.RequireRoot(t)
 	testutil.RequireProgram(t, "ip")
 	testutil.RequireProgram(t, "bridge")
+	testutil.RequireProgram(t, "tc")
 	node := testutil.NewNetns(t, "cnode")
 	pod := testutil.NewNetns(t, "cpod")
 	run := func(ns string, args ...string) { testutil.MustRun(t, ns, args[0], args[1:]...) }
@@ -42,6 +43,7 @@ func buildTopology(t *testing.T) topology {
 	run(node, "ip", "addr", "add", "198.18.10.1/24", "dev", "u0")
 	run(node, "ip", "link", "set", "u0", "up")
 	run(node, "ip", "link", "set", "u1", "up")
+	run(node, "tc", "qdisc", "add", "dev", "u0", "root", "handle", "1:", "pfifo", "limit", "10")
 	// Bridge with a veth port; the port's peer is the pod's eth0.
 	run(node, "ip", "link", "add", "br0", "type", "bridge")
 	run(node, "ip", "link", "set", "br0", "mtu", "1450")
@@ -256,6 +258,14 @@ func TestCollectTopology(t *testing.T) {
 			return e.Link == "vp0" && e.MAC == vp.MAC && e.Master == "br0" && e.State == "permanent"
 		}) {
 			t.Errorf("fdb has no permanent entry for vp0 %s on br0:\n%s", vp.MAC, dumpJSON(s.FDB))
+		}
+	})
+
+	t.Run("qdiscs", func(t *testing.T) {
+		if !slices.ContainsFunc(s.Qdiscs, func(q facts.Qdisc) bool {
+			return q.Link == "u0" && q.Kind == "pfifo" && q.Handle == "1:" && q.Parent == "root"
+		}) {
+			t.Errorf("pfifo 1: on u0 missing from %+v", s.Qdiscs)
 		}
 	})
 

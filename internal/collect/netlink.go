@@ -68,7 +68,7 @@ func dump[T any](c *collector, section string, f func() ([]T, error)) ([]T, bool
 func (c *collector) collectNetlink(want map[string]bool) {
 	h, err := c.openHandle()
 	if err != nil {
-		for _, s := range []string{SectionLinks, SectionAddresses, SectionRoutes, SectionRules, SectionNeighbors, SectionFDB} {
+		for _, s := range []string{SectionLinks, SectionAddresses, SectionRoutes, SectionRules, SectionNeighbors, SectionFDB, SectionQdiscs} {
 			if want[s] {
 				c.fail(s, err)
 			}
@@ -111,6 +111,50 @@ func (c *collector) collectNetlink(want map[string]bool) {
 		fdb, _ := dump(c, SectionFDB, func() ([]netlink.Neigh, error) { return h.NeighList(0, unix.AF_BRIDGE) })
 		c.snap.FDB = convertFDB(fdb, names)
 	}
+	if want[SectionQdiscs] {
+		qs, ok := dump(c, SectionQdiscs, func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
+		if ok {
+			c.snap.Qdiscs = convertQdiscs(qs, names)
+		}
+	}
+}
+
+// tcHandle prints a tc handle as tc does: "1:" for a qdisc handle, "1:2" for a class.
+func tcHandle(h uint32) string {
+	major, minor := h>>16, h&0xffff
+	if minor == 0 {
+		return strconv.FormatUint(uint64(major), 16) + ":"
+	}
+	return strconv.FormatUint(uint64(major), 16) + ":" + strconv.FormatUint(uint64(minor), 16)
+}
+
+func tcParent(p uint32) string {
+	switch p {
+	case netlink.HANDLE_ROOT:
+		return "root"
+	case netlink.HANDLE_INGRESS:
+		return "ingress"
+	}
+	return tcHandle(p)
+}
+
+func convertQdiscs(qs []netlink.Qdisc, names map[int]string) []facts.Qdisc {
+	out := make([]facts.Qdisc, 0, len(qs))
+	for _, q := range qs {
+		a := q.Attrs()
+		fq := facts.Qdisc{Link: names[a.LinkIndex], Kind: q.Type(), Handle: tcHandle(a.Handle), Parent: tcParent(a.Parent)}
+		if st := a.Statistics; st != nil {
+			if st.Basic != nil {
+				fq.Packets, fq.Bytes = uint64(st.Basic.Packets), st.Basic.Bytes
+			}
+			if st.Queue != nil {
+				fq.Drops, fq.Overlimits, fq.Requeues = uint64(st.Queue.Drops), uint64(st.Queue.Overlimits), uint64(st.Queue.Requeues)
+				fq.Backlog, fq.Qlen = uint64(st.Queue.Backlog), uint64(st.Queue.Qlen)
+			}
+		}
+		out = append(out, fq)
+	}
+	return out
 }
 
 // linkFlagNames are the IFF_* flags in the order and spelling of ip link.

@@ -19,13 +19,16 @@ type NodeSnapshot struct {
 	CollectedAt time.Time `json:"collectedAt"`          // when collection started
 	Kernel      string    `json:"kernel,omitempty"`     // uname -r
 
-	Links     []Link            `json:"links"`
-	Addresses []Address         `json:"addresses"`
-	Routes    []Route           `json:"routes"`
-	Rules     []PolicyRule      `json:"rules"`
-	Neighbors []Neighbor        `json:"neighbors"`
-	FDB       []FDBEntry        `json:"fdb"`
-	Sysctls   map[string]string `json:"sysctls"` // key as "net.ipv4.ip_forward" (per interface: net.ipv4.conf.eth0.rp_filter); absent = not present on this kernel
+	Links     []Link       `json:"links"`
+	Addresses []Address    `json:"addresses"`
+	Routes    []Route      `json:"routes"`
+	Rules     []PolicyRule `json:"rules"`
+	Neighbors []Neighbor   `json:"neighbors"`
+	FDB       []FDBEntry   `json:"fdb"`
+	// Qdiscs are the queueing disciplines with their counters (tc -s qdisc
+	// show): a full transmit queue shows as drops here.
+	Qdiscs  []Qdisc           `json:"qdiscs,omitempty"`
+	Sysctls map[string]string `json:"sysctls"` // key as "net.ipv4.ip_forward" (per interface: net.ipv4.conf.eth0.rp_filter); absent = not present on this kernel
 
 	Conntrack *ConntrackStats `json:"conntrack,omitempty"`
 	Softnet   []SoftnetStat   `json:"softnet,omitempty"`
@@ -181,6 +184,21 @@ type FDBEntry struct {
 	State  string `json:"state,omitempty"` // permanent, static, reachable...
 	Self   bool   `json:"self,omitempty"`
 	VNI    int    `json:"vni,omitempty"` // VXLAN VNI of the entry when set per entry
+}
+
+// Qdisc is one queueing discipline of an interface (tc -s qdisc show).
+type Qdisc struct {
+	Link       string `json:"link"`
+	Kind       string `json:"kind"`   // fq_codel, pfifo_fast, mq, noqueue, htb...
+	Handle     string `json:"handle"` // "1:" (major:minor, hex, as tc prints it)
+	Parent     string `json:"parent"` // "root", "ingress" or a class "1:2"
+	Packets    uint64 `json:"packets"`
+	Bytes      uint64 `json:"bytes"`
+	Drops      uint64 `json:"drops"`
+	Overlimits uint64 `json:"overlimits"`
+	Requeues   uint64 `json:"requeues"`
+	Backlog    uint64 `json:"backlog"` // bytes queued when read
+	Qlen       uint64 `json:"qlen"`    // packets queued when read
 }
 
 // ConntrackStats are the conntrack table size and per-CPU statistics.
