@@ -47,8 +47,9 @@ type VXLANFlow struct {
 
 // Analysis is the result of reading a capture.
 type Analysis struct {
-	File     string      `json:"file,omitempty"`
-	Points   []string    `json:"points"`
+	File     string            `json:"file,omitempty"`
+	Points   []string          `json:"points"`
+	Filters  map[string]string `json:"filters,omitempty"` // capture filter per point, from the file
 	Packets  int         `json:"packets"`
 	Findings []Finding   `json:"findings"`
 	Flows    []FlowSeen  `json:"flows"`
@@ -108,6 +109,9 @@ func Analyze(r io.Reader, opts AnalyzeOptions) (*Analysis, error) {
 			if name == "" {
 				name = fmt.Sprintf("if%d", ci.InterfaceIndex)
 			}
+			if f := strings.TrimPrefix(intf.Filter, "\x00"); f != "" {
+				an.filters[name] = f
+			}
 			an.packet(name, intf.LinkType, data)
 		}
 	} else {
@@ -164,12 +168,13 @@ type analyzer struct {
 	arpReq  map[dirKey]int // point, "who-has T tell S"
 	arpRep  map[string]map[string]bool
 	vx      map[string]*VXLANFlow
+	filters map[string]string
 }
 
 func newAnalyzer(opts AnalyzeOptions) *analyzer {
 	return &analyzer{opts: opts, pointOK: map[string]bool{}, tcp: map[dirKey]*tcpDir{},
 		seen: map[string]map[string]int{}, flowDir: map[string]string{}, icmpSet: map[string]int{},
-		arpReq: map[dirKey]int{}, arpRep: map[string]map[string]bool{}, vx: map[string]*VXLANFlow{}}
+		arpReq: map[dirKey]int{}, arpRep: map[string]map[string]bool{}, vx: map[string]*VXLANFlow{}, filters: map[string]string{}}
 }
 
 // view is the first network/transport layers of a packet.
@@ -256,6 +261,12 @@ func (a *analyzer) vxlan(point string, outer view, u *layers.UDP) {
 	}
 	f.Packets++
 	iv := viewOf(inner.Layers())
+	if iv.arp != nil {
+		if d := arpText(iv.arp); !contains(f.Inner, d) && len(f.Inner) < 50 {
+			f.Inner = append(f.Inner, d)
+		}
+		a.view(point, iv) // ARP inside the overlay: requests without replies count too
+	}
 	if d := flowOf(iv); d != "" {
 		if !contains(f.Inner, d) && len(f.Inner) < 50 {
 			f.Inner = append(f.Inner, d)
@@ -435,6 +446,13 @@ func (a *analyzer) icmpMsg(point string, v view) {
 	a.icmpSet[key]++
 }
 
+func arpText(p *layers.ARP) string {
+	if p.Operation == layers.ARPRequest {
+		return fmt.Sprintf("arp who-has %s tell %s", net.IP(p.DstProtAddress), net.IP(p.SourceProtAddress))
+	}
+	return fmt.Sprintf("arp reply %s is-at %s", net.IP(p.SourceProtAddress), net.HardwareAddr(p.SourceHwAddress))
+}
+
 func (a *analyzer) arp(point string, p *layers.ARP) {
 	target := net.IP(p.DstProtAddress).String()
 	sender := net.IP(p.SourceProtAddress).String()
@@ -454,6 +472,9 @@ func (a *analyzer) arp(point string, p *layers.ARP) {
 
 func (a *analyzer) finish() *Analysis {
 	out := &Analysis{Points: a.points, Packets: a.n, Findings: []Finding{}, Flows: []FlowSeen{}}
+	if len(a.filters) > 0 {
+		out.Filters = a.filters
+	}
 	var fs []Finding
 	// TCP per point and direction.
 	keys := make([]dirKey, 0, len(a.tcp))
@@ -631,6 +652,11 @@ func (an *Analysis) Text() string {
 	}
 	if len(an.Points) > 1 {
 		b.WriteString("flows per point:\n")
+		for _, p := range an.Points {
+			if f := an.Filters[p]; f != "" {
+				fmt.Fprintf(&b, "  (%s captured with filter %q: what it excludes shows as not seen)\n", p, f)
+			}
+		}
 		for _, f := range an.Flows {
 			var parts []string
 			for _, p := range an.Points {

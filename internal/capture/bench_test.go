@@ -22,6 +22,11 @@ import (
 // as fast as one goroutine can, over the client's veth.
 const benchLoad = 300000
 
+// settle is the wait between the end of the load and the stop: longer than
+// libpcap's 1 s TPACKET_V3 block timeout, so that tcpdump has read its last
+// block when it gets SIGINT.
+const settle = 1500 * time.Millisecond
+
 type benchRun struct {
 	tool              string
 	sent, got, kdrops uint64
@@ -39,7 +44,7 @@ func runOurs(b *testing.B, client, dir string) benchRun {
 		b.Fatal(err)
 	}
 	sendUDP(b, client, "198.18.40.2:9999", benchLoad, 100)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(settle)
 	s.Stop()
 	res, err := s.Wait()
 	if err != nil {
@@ -75,7 +80,7 @@ func runTcpdump(b *testing.B, client, dir string, extra ...string) benchRun {
 		}
 	}
 	sendUDP(b, client, "198.18.40.2:9999", benchLoad, 100)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(settle)
 	_ = cmd.Process.Signal(syscall.SIGINT)
 	var rest []string
 	for sc.Scan() {

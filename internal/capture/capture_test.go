@@ -434,3 +434,79 @@ func TestAnalyzeTcpdumpPcap(t *testing.T) {
 	}
 	t.Fatal("tcpdump did not finish")
 }
+
+func TestCaptureVXLANAndUplink(t *testing.T) {
+	testutil.RequireRoot(t)
+	n1 := testutil.NewNetns(t, "vx1")
+	n2 := testutil.NewNetns(t, "vx2")
+	testutil.MustRun(t, n1, "ip", "link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", n2)
+	for i, ns := range []string{n1, n2} {
+		me, peer := i+1, 2-i
+		dev := fmt.Sprintf("u%d", me)
+		testutil.MustRun(t, ns, "ip", "addr", "add", fmt.Sprintf("198.18.60.%d/24", me), "dev", dev)
+		testutil.MustRun(t, ns, "ip", "link", "set", dev, "up")
+		testutil.MustRun(t, ns, "ip", "link", "add", "vx0", "type", "vxlan", "id", "1", "dstport", "8472",
+			"local", fmt.Sprintf("198.18.60.%d", me), "remote", fmt.Sprintf("198.18.60.%d", peer), "dev", dev)
+		testutil.MustRun(t, ns, "ip", "addr", "add", fmt.Sprintf("198.18.61.%d/24", me), "dev", "vx0")
+		testutil.MustRun(t, ns, "ip", "link", "set", "vx0", "up")
+	}
+	udpSink(t, n2, "198.18.61.2:9999")
+	testutil.MustRun(t, n1, "ping", "-c", "1", "-W", "1", "198.18.61.2") // resolve the overlay neighbour first
+	file := filepath.Join(t.TempDir(), "vx.pcapng")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s, err := Start(context.Background(), Config{Points: []Point{
+		{Node: "node-1", Netns: testutil.Path(n1), NetnsLabel: n1, Iface: "vx0"},
+		{Node: "node-1", Netns: testutil.Path(n1), NetnsLabel: n1, Iface: "u1"},
+	}, Filter: "udp", Out: f, Duration: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendUDP(t, n1, "198.18.61.2:9999", 20, 200)
+	time.Sleep(200 * time.Millisecond)
+	s.Stop()
+	if _, err := s.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	// 198.18.60.2 is the only known node: VXLAN from 198.18.60.1 is foreign.
+	an, err := AnalyzeFile(file, AnalyzeOptions{NodeIPs: []net.IP{net.ParseIP("198.18.60.2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + an.Text())
+	var inner *FlowSeen
+	for i, fl := range an.Flows {
+		if strings.HasSuffix(fl.Flow, "198.18.61.2:9999") {
+			inner = &an.Flows[i]
+		}
+	}
+	vx0, u1 := "node-1/"+n1+"/vx0", "node-1/"+n1+"/u1"
+	if inner == nil || inner.Packets[vx0] != 20 || inner.Packets[u1] != 20 || len(inner.Missing) != 0 {
+		t.Errorf("inner flow at both points: %+v", inner)
+	}
+	// Overlay ARP (neighbour reconfirmation) may add tunnel packets both ways.
+	var out *VXLANFlow
+	for i, v := range an.VXLAN {
+		if v.Outer == "198.18.60.1 -> 198.18.60.2:8472" {
+			out = &an.VXLAN[i]
+		} else if v.Foreign {
+			t.Errorf("known node flagged: %+v", v)
+		}
+	}
+	if out == nil || out.VNI != 1 || out.Packets < 20 || !out.Foreign || out.Point != u1 || !contains(out.Inner, inner.Flow) {
+		t.Errorf("vxlan: %+v", an.VXLAN)
+	}
+	foreign := 0
+	for _, f := range an.Findings {
+		if f.Kind == "vxlan-foreign-source" {
+			foreign++
+		}
+	}
+	if foreign != 1 {
+		t.Errorf("want one foreign-source finding: %+v", an.Findings)
+	}
+}
