@@ -50,10 +50,10 @@ type Analysis struct {
 	File     string            `json:"file,omitempty"`
 	Points   []string          `json:"points"`
 	Filters  map[string]string `json:"filters,omitempty"` // capture filter per point, from the file
-	Packets  int         `json:"packets"`
-	Findings []Finding   `json:"findings"`
-	Flows    []FlowSeen  `json:"flows"`
-	VXLAN    []VXLANFlow `json:"vxlan,omitempty"`
+	Packets  int               `json:"packets"`
+	Findings []Finding         `json:"findings"`
+	Flows    []FlowSeen        `json:"flows"`
+	VXLAN    []VXLANFlow       `json:"vxlan,omitempty"`
 }
 
 // AnalyzeOptions tune the analysis.
