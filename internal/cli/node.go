@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -105,6 +106,6 @@ listed under "errors" with the reason; the rest is still written.`,
 	}
 	target.AddFlags(cmd)
 	cmd.Flags().StringVarP(&file, "file", "f", "", "write the snapshot to FILE instead of stdout")
-	cmd.Flags().StringSliceVar(&sections, "sections", nil, "collect only these sections (comma-separated): links,addresses,routes,rules,neighbors,fdb,sysctls,conntrack,softnet,sockets,netfilter,ipvs,processes,files,kernel")
+	cmd.Flags().StringSliceVar(&sections, "sections", nil, "collect only these sections (comma-separated): "+strings.Join(collect.AllSections, ","))
 	return cmd
 }
