@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The lab is shared by every test of the package: built in TestMain when
+// the tests can run (root, the lab binaries, not -short), removed after.
+var lab struct {
+	bin        string // the netdoctor binary
+	kubeconfig string
+	skip       string
+	tmp        string
+}
+
+const labName = "cd"
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		setup()
+		defer teardown()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func setup() {
+	if os.Geteuid() != 0 {
+		lab.skip = "skipped: needs root (the lab is network namespaces)"
+		return
+	}
+	for _, a := range os.Args {
+		if a == "-test.short=true" {
+			lab.skip = "skipped in -short: builds a whole lab"
+			return
+		}
+	}
+	k8s := os.Getenv("NETDOCTOR_K8S_BIN")
+	if k8s == "" {
+		k8s, _ = filepath.Abs("../../../bin/netdoctor-k8s")
+	}
+	if _, err := os.Stat(k8s); err != nil {
+		lab.skip = "skipped: no lab Kubernetes binary (make labbins): " + err.Error()
+		return
+	}
+	os.Setenv("NETDOCTOR_K8S_BIN", k8s)
+	tmp, err := os.MkdirTemp("", "ndt-cd-e2e-")
+	if err != nil {
+		lab.skip = err.Error()
+		return
+	}
+	lab.tmp = tmp
+	lab.bin = os.Getenv("NETDOCTOR_BIN")
+	if _, err := os.Stat(lab.bin); lab.bin == "" || err != nil {
+		lab.bin = filepath.Join(tmp, "netdoctor")
+		if out, err := exec.Command("go", "build", "-o", lab.bin, "../../../cmd/netdoctor").CombinedOutput(); err != nil {
+			lab.skip = fmt.Sprintf("skipped: build netdoctor: %v\n%s", err, out)
+			return
+		}
+	}
+	// An earlier crashed run may have left the lab: remove it first.
+	_, _, _ = run(2*time.Minute, "lab", "down", "--name", labName)
+	out, errOut, code := run(8*time.Minute, "lab", "up", "--name", labName, "-o", "json")
+	if code != 0 {
+		lab.skip = fmt.Sprintf("skipped: lab up failed (exit %d; another lab on the same underlay?): %s", code, lastLines(errOut, 5))
+		return
+	}
+	var up struct {
+		Kubeconfig string `json:"kubeconfig"`
+	}
+	if err := json.Unmarshal([]byte(lastJSON(out)), &up); err != nil || up.Kubeconfig == "" {
+		lab.skip = fmt.Sprintf("skipped: lab up output: %v: %s", err, out)
+		return
+	}
+	lab.kubeconfig = up.Kubeconfig
+}
+
+func teardown() {
+	if lab.bin != "" && lab.kubeconfig != "" {
+		_, _, _ = run(2*time.Minute, "uninstall", "--kubeconfig", lab.kubeconfig)
+		_, _, _ = run(3*time.Minute, "lab", "down", "--name", labName)
+	}
+	if lab.tmp != "" {
+		_ = os.RemoveAll(lab.tmp)
+	}
+}
+
+func run(timeout time.Duration, args ...string) (string, string, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, lab.bin, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		code = -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+	}
+	return out.String(), errOut.String(), code
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+func lastJSON(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+func needLab(t *testing.T) {
+	t.Helper()
+	if lab.skip != "" {
+		t.Skip(lab.skip)
+	}
+}
+
+type checkReport struct {
+	Findings []struct {
+		ID, Severity, Node, Subject, Message string
+		Evidence                             []string
+	} `json:"findings"`
+	Checks []struct{ ID, Node, Status, Reason string } `json:"checks"`
+	Matrix *struct {
+		Rows []struct {
+			Node, Netns string
+			Cells       map[string]struct {
+				Status string
+				OK     int
+				Total  int
+				Odd    bool
+			}
+		}
+	} `json:"matrix"`
+}
+
+func check(t *testing.T, args ...string) (*checkReport, int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	out, errOut, code := run(3*time.Minute, append([]string{"check", "--kubeconfig", lab.kubeconfig, "-o", "json", "--external-name", "www.ext.ndlab.test"}, args...)...)
+	took := time.Since(start)
+	if code != 0 && code != 1 {
+		t.Fatalf("check exit %d: %s", code, errOut)
+	}
+	var r checkReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check json: %v\n%s", err, out)
+	}
+	return &r, code, took
+}
+
+func serious(r *checkReport) []string {
+	var out []string
+	for _, f := range r.Findings {
+		if f.Severity == "critical" || f.Severity == "warning" {
+			out = append(out, f.ID+"@"+f.Node+": "+f.Message)
+		}
+	}
+	return out
+}
+
+// TestTemporaryAgentHealthyLab: no agent installed, check deploys a
+// temporary one, finds nothing wrong in the healthy lab, and removes it.
+func TestTemporaryAgentHealthyLab(t *testing.T) {
+	needLab(t)
+	r, code, took := check(t, "--timeout", "60s")
+	t.Logf("check with a temporary agent: exit %d in %s", code, took)
+	if s := serious(r); len(s) > 0 {
+		t.Errorf("healthy lab has findings:\n%s", strings.Join(s, "\n"))
+	}
+	for _, c := range r.Checks {
+		if c.ID == "agent" && c.Status != "pass" {
+			t.Errorf("agent on %s: %s %s", c.Node, c.Status, c.Reason)
+		}
+	}
+	out, _, _ := run(time.Minute, "check", "--kubeconfig", lab.kubeconfig, "--no-agent", "-o", "json")
+	if strings.Contains(out, `"netdoctor/netdoctor-target`) {
+		t.Errorf("temporary agent objects still there after check")
+	}
+}
+
+// TestFaults: with the agent installed, each injectable fault is found on
+// the node it was injected on.
+func TestFaults(t *testing.T) {
+	needLab(t)
+	out, errOut, code := run(2*time.Minute, "install", "--kubeconfig", lab.kubeconfig, "--wait", "--timeout", "90s")
+	if code != 0 {
+		t.Fatalf("install: %s %s", out, errOut)
+	}
+	r, code, took := check(t, "--timeout", "20s")
+	t.Logf("healthy lab, installed agent: exit %d in %s", code, took)
+	if s := serious(r); len(s) > 0 {
+		t.Errorf("healthy lab has findings:\n%s", strings.Join(s, "\n"))
+	}
+	fout, _, _ := run(time.Minute, "lab", "faults", "-o", "json")
+	var faults []struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(fout), &faults); err != nil {
+		t.Fatalf("lab faults: %v\n%s", err, fout)
+	}
+	for _, f := range faults {
+		t.Run(f.ID, func(t *testing.T) {
+			if _, e, c := run(2*time.Minute, "lab", "inject", "--name", labName, f.ID, "--node", "node2"); c != 0 {
+				t.Fatalf("inject: %s", e)
+			}
+			defer run(2*time.Minute, "lab", "heal", "--name", labName, f.ID)
+			r, _, took := check(t, "--timeout", "20s")
+			found := false
+			for _, x := range r.Findings {
+				if x.ID == f.ID && x.Node == "node2" {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s not found on node2 in %s; findings: %v", f.ID, took, serious(r))
+			}
+			for _, x := range r.Findings {
+				if x.Severity == "critical" && x.Node != "node2" && x.Node != "" && x.ID != "dns-resolution-failed" {
+					t.Logf("note: critical %s on %s (%s)", x.ID, x.Node, x.Message)
+				}
+			}
+		})
+	}
+}
