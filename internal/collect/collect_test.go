@@ -617,3 +617,21 @@ func BenchmarkCollect(b *testing.B) {
 		})
 	}
 }
+
+// TestCollectMissingPrograms runs the netfilter section with an empty PATH:
+// every dump is an Errors entry naming the program, nothing fails.
+func TestCollectMissingPrograms(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	s, err := Collect(context.Background(), Options{Sections: []string{SectionNetfilter}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range netfilterDumps {
+		if msg := s.Errors[d.section]; !strings.Contains(msg, d.name) || !strings.Contains(msg, "not installed") {
+			t.Errorf("%s: error %q, want one saying %s is not installed", d.section, msg, d.name)
+		}
+	}
+	if s.Netfilter.Backend != "" || s.Netfilter.NftJSON != "" {
+		t.Errorf("netfilter facts without programs: %+v", s.Netfilter)
+	}
+}

@@ -35,6 +35,7 @@ var DumpTimeout = 30 * time.Second
 // entry; the others are kept.
 func (c *collector) collectNetfilter(ctx context.Context) {
 	out := make([]string, len(netfilterDumps))
+	ok := make([]bool, len(netfilterDumps))
 	var wg sync.WaitGroup
 	for i, d := range netfilterDumps {
 		wg.Add(1)
@@ -51,14 +52,17 @@ func (c *collector) collectNetfilter(ctx context.Context) {
 				}
 				return
 			}
-			out[i] = string(b)
+			out[i], ok[i] = string(b), true
 		}()
 	}
 	wg.Wait()
 	nf := &c.snap.Netfilter
 	nf.IptablesLegacy, nf.IptablesNft, nf.Ip6tablesLegacy, nf.Ip6tablesNft, nf.NftJSON, nf.Ipsets =
 		out[0], out[1], out[2], out[3], out[4], out[5]
-	nf.Backend = IptablesBackend(nf.IptablesLegacy+nf.Ip6tablesLegacy, nf.IptablesNft+nf.Ip6tablesNft)
+	// Which backend holds rules is unknown when no iptables dump could be taken.
+	if ok[0] || ok[1] || ok[2] || ok[3] {
+		nf.Backend = IptablesBackend(nf.IptablesLegacy+nf.Ip6tablesLegacy, nf.IptablesNft+nf.Ip6tablesNft)
+	}
 }
 
 // IptablesBackend says which iptables backend holds rules, given the

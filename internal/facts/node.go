@@ -291,7 +291,8 @@ type Netfilter struct {
 	NftJSON         string `json:"nftJson,omitempty"` // nft -j list ruleset
 	Ipsets          string `json:"ipsets,omitempty"`  // ipset save
 	// Backend says which iptables backend holds rules: "legacy", "nft",
-	// "both" (a classic source of confusion) or "none".
+	// "both" (a classic source of confusion) or "none"; empty when no
+	// iptables dump could be taken.
 	Backend string `json:"backend,omitempty"`
 }
 
