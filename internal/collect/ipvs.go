@@ -9,7 +9,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -63,13 +62,22 @@ const KubeIPVSDevice = "kube-ipvs0"
 func (c *collector) collectIPVS() *facts.IPVS {
 	var out *facts.IPVS
 	err := namespace.Do(c.nsPath, func() error {
-		fam, err := netlink.GenlFamilyGet(ipvsGenlName)
-		if err != nil {
-			if errors.Is(err, syscall.ENOENT) {
-				c.skip(SectionIPVS, "the kernel has no IPVS (generic netlink family IPVS not found; module ip_vs not loaded)")
-				return nil
+		// List the families rather than ask for IPVS by name: a lookup by
+		// name makes the kernel load the ip_vs module, and a diagnosis must
+		// not change the node.
+		fams, err := netlink.GenlFamilyList()
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return fmt.Errorf("list generic netlink families: %w", err)
+		}
+		var fam *netlink.GenlFamily
+		for _, f := range fams {
+			if f.Name == ipvsGenlName {
+				fam = f
 			}
-			return fmt.Errorf("look up generic netlink family IPVS: %w", err)
+		}
+		if fam == nil {
+			c.skip(SectionIPVS, "the kernel has no IPVS (generic netlink family IPVS not found: module ip_vs not loaded)")
+			return nil
 		}
 		svcMsgs, err := ipvsRequest(fam.ID, ipvsCmdGetService, nil)
 		if err != nil {
