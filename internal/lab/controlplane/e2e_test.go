@@ -504,6 +504,16 @@ func TestRealControlPlane(t *testing.T) {
 		t.Fatalf("recorded extra args = %v", got)
 	}
 
+	// Memory of the control plane after this workload, for docs/performance.md.
+	var total int
+	var mem []string
+	for _, p := range loaded.Procs {
+		kb := pssKB(p.PID)
+		total += kb
+		mem = append(mem, fmt.Sprintf("%s %d MiB", p.Name, kb/1024))
+	}
+	t.Logf("control plane memory (PSS): %s; total %d MiB", strings.Join(mem, ", "), total/1024)
+
 	// Stop everything; nothing may be left in the namespaces.
 	stopLeases()
 	for _, kp := range []*proc.Info{kp1, kp2, dnsProc} {
@@ -560,4 +570,20 @@ func BenchmarkControlPlaneStart(b *testing.B) {
 	}
 	b.ReportMetric(start.Seconds()/float64(b.N), "start-s/op")
 	b.ReportMetric(stop.Seconds()/float64(b.N), "stop-s/op")
+}
+
+// pssKB returns a process's proportional set size in KiB (0 if unknown): its private memory
+// plus its share of pages it shares with others (the one binary's text is mapped by all).
+func pssKB(pid int) int {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "smaps_rollup"))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Pss:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
 }
