@@ -67,7 +67,7 @@ func AnalyzeFile(path string, opts AnalyzeOptions) (*Analysis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open capture %s: %w", path, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	a, err := Analyze(f, opts)
 	if err != nil {
 		return nil, fmt.Errorf("analyze %s: %w", path, err)

@@ -37,7 +37,7 @@ func runOurs(b *testing.B, client, dir string) benchRun {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	s, err := Start(context.Background(), Config{Points: []Point{{Netns: testutil.Path(client), NetnsLabel: client, Iface: "c0"}},
 		Filter: "udp", Out: f, MaxBytes: 1 << 30})
 	if err != nil {

@@ -221,7 +221,7 @@ func openPoint(ctx context.Context, p Point, cfg Config) (*handle, error) {
 		}
 		h.tp, err = afpacket.NewTPacket(
 			afpacket.OptInterface(p.Iface),
-			afpacket.OptTPacketVersion(afpacket.TPacketVersion3),
+			afpacket.TPacketVersion3,
 			afpacket.OptFrameSize(1<<16), afpacket.OptBlockSize(1<<20), afpacket.OptNumBlocks(32),
 			afpacket.OptPollTimeout(50*time.Millisecond), afpacket.OptBlockTimeout(10*time.Millisecond))
 		if err != nil {

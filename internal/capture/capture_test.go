@@ -114,7 +114,7 @@ func sendUDP(t testing.TB, ns, dst string, n int, size int) {
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		buf := make([]byte, size)
 		for i := 0; i < n; i++ {
 			if _, err := c.Write(buf); err != nil {
@@ -161,7 +161,7 @@ func TestCaptureTwoPoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	points := []Point{
 		{Node: "test", Netns: testutil.Path(client), NetnsLabel: client, Iface: "c0"},
 		{Node: "test", Netns: testutil.Path(bridge), NetnsLabel: bridge, Iface: "bs", Note: "bridge br0 port to the server"},
@@ -334,7 +334,7 @@ func TestAnalyzeMTUAndSynNoReply(t *testing.T) {
 			if err != nil {
 				return
 			}
-			go func() { _, _ = bytes.NewBuffer(nil).ReadFrom(c); c.Close() }()
+			go func() { _, _ = bytes.NewBuffer(nil).ReadFrom(c); _ = c.Close() }()
 		}
 	}()
 	testutil.MustRun(t, server, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "81", "-j", "DROP")
@@ -354,7 +354,7 @@ func TestAnalyzeMTUAndSynNoReply(t *testing.T) {
 		go func() { // SYNs into the void, from the client's namespace too
 			_ = namespace.Do(testutil.Path(client), func() error {
 				if c, err := d.Dial("tcp", "198.18.42.2:81"); err == nil {
-					c.Close()
+					_ = c.Close()
 				}
 				return nil
 			})
@@ -363,7 +363,7 @@ func TestAnalyzeMTUAndSynNoReply(t *testing.T) {
 		if err != nil {
 			return fmt.Errorf("dial: %w", err)
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		_ = c.SetWriteDeadline(time.Now().Add(3500 * time.Millisecond))
 		_, err = c.Write(make([]byte, 200000)) // times out: full segments never pass
 		if err == nil {
@@ -378,7 +378,7 @@ func TestAnalyzeMTUAndSynNoReply(t *testing.T) {
 	if _, err := s.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	_ = f.Close()
 	an, err := AnalyzeFile(file, AnalyzeOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -457,7 +457,7 @@ func TestCaptureVXLANAndUplink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	s, err := Start(context.Background(), Config{Points: []Point{
 		{Node: "node-1", Netns: testutil.Path(n1), NetnsLabel: n1, Iface: "vx0"},
 		{Node: "node-1", Netns: testutil.Path(n1), NetnsLabel: n1, Iface: "u1"},
@@ -471,7 +471,7 @@ func TestCaptureVXLANAndUplink(t *testing.T) {
 	if _, err := s.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	_ = f.Close()
 	// 198.18.60.2 is the only known node: VXLAN from 198.18.60.1 is foreign.
 	an, err := AnalyzeFile(file, AnalyzeOptions{NodeIPs: []net.IP{net.ParseIP("198.18.60.2")}})
 	if err != nil {

@@ -113,7 +113,7 @@ func findPod(cmd *cobra.Command, endpoint, ref string) (*cri.Pod, error) {
 	if err != nil {
 		return nil, UsageError("find pod %s: %v", ref, err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	pod, err := c.FindPod(cmd.Context(), ns, name)
 	if err != nil {
 		return nil, UsageError("find pod %s: %v", ref, err)
@@ -328,7 +328,7 @@ Exit code 1 when the destination is not reached or real loss remains.`,
 					if lines > 0 {
 						fmt.Fprintf(out, "\x1b[%dA\x1b[J", lines) // back to the top of the table, clear below
 					}
-					fmt.Fprint(out, s)
+					_, _ = fmt.Fprint(out, s)
 					lines = strings.Count(s, "\n")
 				}
 			}
@@ -344,7 +344,7 @@ Exit code 1 when the destination is not reached or real loss remains.`,
 				if lines > 0 {
 					fmt.Fprintf(out, "\x1b[%dA\x1b[J", lines)
 				}
-				fmt.Fprint(out, rep.Text(!numeric))
+				_, _ = fmt.Fprint(out, rep.Text(!numeric))
 			}
 			last := rep.Hops
 			if !rep.Reached || (len(last) > 0 && last[len(last)-1].Loss > 0) {
@@ -441,7 +441,7 @@ nodes), and for every flow the points where it was and was not seen.`,
 				}
 				f.Close()
 				tmp, path = f.Name(), f.Name()
-				defer os.Remove(tmp)
+				defer func() { _ = os.Remove(tmp) }()
 			}
 			var fh *os.File
 			if path != "" {
@@ -449,7 +449,7 @@ nodes), and for every flow the points where it was and was not seen.`,
 				if err != nil {
 					return UsageError("create capture file: %v", err)
 				}
-				defer fh.Close()
+				defer func() { _ = fh.Close() }()
 				cfg.Out = fh
 			}
 			if path == "" && Globals.Output == "text" {
@@ -637,7 +637,7 @@ func packetLine(point string, ci gopacket.CaptureInfo, data []byte) string {
 			desc = fmt.Sprintf("ARP reply %s is-at %s", net.IP(arp.SourceProtAddress), net.HardwareAddr(arp.SourceHwAddress))
 		}
 	} else if l := p.LinkLayer(); l != nil {
-		desc = fmt.Sprintf("%s", l.LayerType())
+		desc = l.LayerType().String()
 	}
 	return fmt.Sprintf("%s %s %s, length %d", ci.Timestamp.Format("15:04:05.000000"), point, desc, ci.Length)
 }

@@ -106,7 +106,7 @@ func TestTcpingAndTraceJSON(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	go func() {
 		for {
 			c, err := l.Accept()

@@ -229,7 +229,7 @@ func cgroupMentions(path string, want []string) bool {
 	if err != nil {
 		return false
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		for _, w := range want {

@@ -122,7 +122,7 @@ func TestFindPodThroughCRI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	c.ProcRoot = procRoot
 	tests := []struct {
 		ns, name   string

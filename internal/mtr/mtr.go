@@ -114,9 +114,10 @@ func (o *Options) defaults() error {
 		return fmt.Errorf("packet size %d outside 28..65000", o.Size)
 	}
 	if o.Port == 0 {
-		if o.Protocol == TCP {
+		switch o.Protocol {
+		case TCP:
 			o.Port = 80
-		} else if o.Protocol == UDP {
+		case UDP:
 			o.Port = 33434
 		}
 	}

@@ -162,7 +162,7 @@ func (r *Report) Annotate() {
 		last.Notes = append(last.Notes, fmt.Sprintf("loss persists to the destination: %.0f%% real loss, starting at hop %d", last.Loss, r.Hops[start].TTL))
 		r.Summary = append(r.Summary, fmt.Sprintf("real loss %.0f%% to %s, starting at hop %d (%s)", last.Loss, r.Address, r.Hops[start].TTL, strings.Join(r.Hops[start].Addresses, ",")))
 	} else if r.Reached {
-		r.Summary = append(r.Summary, fmt.Sprintf("no loss to the destination %s (%d hops)", r.Address, n))
+		r.Summary = append(r.Summary, fmt.Sprintf("no loss to the destination %s (%d %s)", r.Address, n, plural(n, "hop", "hops")))
 	}
 	for _, h := range r.Hops {
 		if h.RateLimit && h.Received > 0 {
@@ -215,4 +215,11 @@ func (r *Report) Text(names bool) string {
 		fmt.Fprintf(&b, "=> %s\n", s)
 	}
 	return b.String()
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

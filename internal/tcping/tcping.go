@@ -279,7 +279,7 @@ func probeUDP(ctx context.Context, opts Options, addr string) Attempt {
 		o, msg := classify(err)
 		return Attempt{Outcome: o, Error: msg, RTT: Ms(time.Since(start))}
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	a := Attempt{Local: c.LocalAddr().String()}
 	deadline := start.Add(opts.Timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
