@@ -137,12 +137,17 @@ func (c *Client) FindPod(ctx context.Context, namespace, name string) (*Pod, err
 		SandboxID: match.GetId(), Endpoint: c.endpoint,
 		IP: st.GetStatus().GetNetwork().GetIp(),
 	}
-	if st.GetStatus().GetLinux().GetNamespaces().GetOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
-		p.Netns, p.Source = filepath.Join(c.ProcRoot, "1", "ns", "net"), "hostNetwork"
-		return p, nil
-	}
 	info := ParseVerboseInfo(st.GetInfo())
 	p.PID = info.PID
+	if st.GetStatus().GetLinux().GetNamespaces().GetOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
+		// hostNetwork: the node's namespace, as the sandbox process sees it
+		// (a lab node is itself a namespace), else PID 1's.
+		p.Netns, p.Source = filepath.Join(c.ProcRoot, "1", "ns", "net"), "hostNetwork"
+		if pidNS := filepath.Join(c.ProcRoot, strconv.Itoa(info.PID), "ns", "net"); info.PID > 0 && exists(pidNS) {
+			p.Netns = pidNS
+		}
+		return p, nil
+	}
 	switch {
 	case info.NetnsPath != "" && exists(info.NetnsPath):
 		p.Netns, p.Source = info.NetnsPath, "runtimeSpec"

@@ -116,6 +116,7 @@ func TestFindPodThroughCRI(t *testing.T) {
 		{ID: "sb2", Namespace: "default", Name: "pidonly", UID: "cafe0000-0000-0000-0000-000000000002", PID: self},
 		{ID: "sb3", Namespace: "kube-system", Name: "noinfo", UID: "cafe0000-0000-0000-0000-000000000003"},
 		{ID: "sb4", Namespace: "default", Name: "gone", UID: "cafe0000-0000-0000-0000-000000000004", NotReady: true},
+		{ID: "sb5", Namespace: "kube-system", Name: "kube-proxy-x", UID: "cafe0000-0000-0000-0000-000000000005", PID: self, HostNetwork: true},
 	})
 	ctx := context.Background()
 	c, err := Dial(ctx, "unix://"+sock)
@@ -133,6 +134,7 @@ func TestFindPodThroughCRI(t *testing.T) {
 		{"default", "web", testutil.Path(ns), "runtimeSpec", nil},
 		{"default", "pidonly", filepath.Join(procRoot, strconv.Itoa(self), "ns", "net"), "pid", nil},
 		{"kube-system", "noinfo", filepath.Join(procRoot, strconv.Itoa(self), "ns", "net"), "proc-cgroup", nil},
+		{"kube-system", "kube-proxy-x", filepath.Join(procRoot, strconv.Itoa(self), "ns", "net"), "hostNetwork", nil},
 		{"default", "gone", "", "", ErrPodNotFound},
 		{"default", "missing", "", "", ErrPodNotFound},
 	}

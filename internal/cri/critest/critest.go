@@ -23,6 +23,7 @@ type Pod struct {
 	PID                      int    // sandbox process; 0 = none in the info
 	NetnsPath                string // runtimeSpec network namespace; "" = none in the info
 	NotReady                 bool
+	HostNetwork              bool
 }
 
 // Server is a running fake runtime.
@@ -98,7 +99,7 @@ func (s *Server) PodSandboxStatus(_ context.Context, r *runtimeapi.PodSandboxSta
 			State:    s.state(p),
 			Network:  &runtimeapi.PodSandboxNetworkStatus{Ip: p.IP},
 			Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{
-				Options: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD},
+				Options: &runtimeapi.NamespaceOption{Network: netMode(p)},
 			}},
 		}}
 		if r.GetVerbose() {
@@ -107,6 +108,13 @@ func (s *Server) PodSandboxStatus(_ context.Context, r *runtimeapi.PodSandboxSta
 		return resp, nil
 	}
 	return nil, status.Errorf(codes.NotFound, "an error occurred when try to find sandbox %q: not found", r.GetPodSandboxId())
+}
+
+func netMode(p Pod) runtimeapi.NamespaceMode {
+	if p.HostNetwork {
+		return runtimeapi.NamespaceMode_NODE
+	}
+	return runtimeapi.NamespaceMode_POD
 }
 
 // ContainerdInfo renders the verbose "info" value the way containerd's CRI
