@@ -496,11 +496,40 @@ func TestRealControlPlane(t *testing.T) {
 	if newCM.PID == oldPID || !strings.Contains(strings.Join(newCM.Args, " "), "--concurrent-deployment-syncs=2") {
 		t.Fatalf("restart: pid %d -> %d, args %v", oldPID, newCM.PID, newCM.Args)
 	}
+
+	// The node-pod-cidr-missing fault: a cluster CIDR with room for two /24s only. The real
+	// controller-manager keeps running and leaves a third node without a pod CIDR; restored
+	// to its own flags, it allocates one.
+	if err := cp.Restart(ctx, ControllerManager, []string{"--cluster-cidr=198.18.128.0/23"}); err != nil {
+		t.Fatal(err)
+	}
+	registerNode(nodeCtx, t, cs, "node3", "198.18.0.13")
+	time.Sleep(5 * time.Second)
+	if n3, err := cs.CoreV1().Nodes().Get(ctx, "node3", metav1.GetOptions{}); err != nil || n3.Spec.PodCIDR != "" {
+		t.Fatalf("node3 with a full cluster CIDR: podCIDR %q, %v", n3.Spec.PodCIDR, err)
+	}
+	if !cp.Running()[ControllerManager] {
+		t.Fatal("controller-manager died with a full cluster CIDR")
+	}
+	if err := cp.Restart(ctx, ControllerManager, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "pod CIDR of node3 after healing", func() (bool, string) {
+		n3, err := cs.CoreV1().Nodes().Get(ctx, "node3", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return n3.Spec.PodCIDR != "", "no podCIDR"
+	})
+	if err := cp.Restart(ctx, ControllerManager, []string{"--concurrent-deployment-syncs=2"}); err != nil {
+		t.Fatal(err)
+	}
+
 	loaded, err := Load(stateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := loaded.ExtraArgs[ControllerManager]; len(got) != 1 {
+	if got := loaded.ExtraArgs[ControllerManager]; len(got) != 1 || got[0] != "--concurrent-deployment-syncs=2" {
 		t.Fatalf("recorded extra args = %v", got)
 	}
 
