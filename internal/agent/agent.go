@@ -199,34 +199,47 @@ func (a *Agent) healthz(ctx context.Context) *cluster.HealthCheck {
 	if url == "" {
 		url = "http://127.0.0.1:10256/healthz"
 	}
-	var hc cluster.HealthCheck
-	err := namespace.Do(a.Netns, func() error {
-		var conn net.Conn
-		var dialErr error
-		// Dial in the node's namespace; the HTTP exchange then runs on that socket.
-		tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if conn != nil {
-				return nil, errors.New("one connection only")
-			}
-			var d net.Dialer
-			conn, dialErr = d.DialContext(ctx, network, addr)
-			return conn, dialErr
-		}}
-		c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := c.Do(req)
-		if err != nil {
-			hc = cluster.HealthCheck{OK: false, Detail: err.Error()}
-			return nil
-		}
-		defer resp.Body.Close()
-		hc = cluster.HealthCheck{OK: resp.StatusCode == http.StatusOK, Detail: resp.Status}
-		return nil
+	hc := healthCheck(ctx, a.Netns, url)
+	return &hc
+}
+
+// healthCheck GETs url from the network namespace netns ("" = current).
+// The connection is opened on a thread inside the namespace (the HTTP
+// transport dials from goroutines of its own, which would not be).
+func healthCheck(ctx context.Context, netns, url string) cluster.HealthCheck {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return cluster.HealthCheck{Detail: err.Error()}
+	}
+	host := req.URL.Host
+	if !strings.Contains(host, ":") {
+		host += ":80"
+	}
+	var conn net.Conn
+	err = namespace.Do(netns, func() error {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		c, err := d.DialContext(ctx, "tcp", host)
+		conn = c
+		return err
 	})
 	if err != nil {
-		hc = cluster.HealthCheck{Detail: err.Error()}
+		return cluster.HealthCheck{OK: false, Detail: err.Error()}
 	}
-	return &hc
+	used := false
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(context.Context, string, string) (net.Conn, error) {
+		if used {
+			return nil, errors.New("health check: one connection only")
+		}
+		used = true
+		return conn, nil
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 2 * time.Second}).Do(req)
+	if err != nil {
+		return cluster.HealthCheck{OK: false, Detail: err.Error()}
+	}
+	defer resp.Body.Close()
+	return cluster.HealthCheck{OK: resp.StatusCode == http.StatusOK, Detail: "GET " + url + ": " + resp.Status}
 }
 
 // serviceRules lists the API's Services and EndpointSlices (what the node
@@ -274,15 +287,7 @@ func (a *Agent) probe(ctx context.Context, spec *cluster.ProbeSpec, res *cluster
 			podNS = p
 		}
 	}
-	var out []cluster.ProbeResult
-	err := namespace.Do(a.Netns, func() error {
-		out = RunProbes(ctx, plan, podNS, why)
-		return nil
-	})
-	if err != nil {
-		addErr(res, "probes", err.Error())
-	}
-	return out
+	return RunProbes(ctx, plan, a.Netns, podNS, why)
 }
 
 func (a *Agent) findPodNetns(ctx context.Context, t cluster.NodeTarget) (string, error) {

@@ -27,10 +27,12 @@ const ProbeTimeout = 1500 * time.Millisecond
 // probeWorkers is how many probes run at once.
 const probeWorkers = 16
 
-// RunProbes runs the probes of a plan, host-netns probes in the current
-// namespace and pod-netns probes in podNetns (a path; "" = none found:
-// those probes are skipped with why). Every probe gets a result.
-func RunProbes(ctx context.Context, plan []cluster.Probe, podNetns, noPodWhy string) []cluster.ProbeResult {
+// RunProbes runs the probes of a plan, host-netns probes in hostNetns (a
+// path; "" = the agent's own namespace) and pod-netns probes in podNetns (a
+// path; "" = none found: those probes are skipped with noPodWhy). Each
+// probe enters its namespace itself: goroutines do not inherit a thread's
+// namespace. Every probe gets a result.
+func RunProbes(ctx context.Context, plan []cluster.Probe, hostNetns, podNetns, noPodWhy string) []cluster.ProbeResult {
 	out := make([]cluster.ProbeResult, len(plan))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, probeWorkers)
@@ -44,7 +46,7 @@ func RunProbes(ctx context.Context, plan []cluster.Probe, podNetns, noPodWhy str
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			ns := ""
+			ns := hostNetns
 			if p.Netns == cluster.FromPod {
 				ns = podNetns
 			}
@@ -159,25 +161,36 @@ func udpProbe(target, ns string) cluster.ProbeResult {
 		}
 		defer c.Close()
 		// A VXLAN header with the I flag and VNI 0 and no inner frame: the
-		// receiver drops it without a reply.
-		if _, err := c.Write([]byte{0x08, 0, 0, 0, 0, 0, 0, 0}); err != nil {
-			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp send to " + target + ": " + err.Error()}
-			return nil
-		}
-		_ = c.SetReadDeadline(time.Now().Add(400 * time.Millisecond))
+		// receiver drops it without a reply. Three datagrams, as ICMP
+		// errors are rate limited and one may be suppressed.
 		buf := make([]byte, 64)
-		_, err = c.Read(buf)
-		var ne net.Error
-		switch {
-		case errors.Is(err, syscall.ECONNREFUSED):
-			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": ICMP port unreachable (rejected)"}
-		case errors.As(err, &ne) && ne.Timeout():
-			r = cluster.ProbeResult{Status: cluster.ProbeOK, Detail: "sent, no ICMP unreachable (UDP cannot prove delivery)"}
-		case err != nil:
-			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": " + err.Error()}
-		default:
-			r = cluster.ProbeResult{Status: cluster.ProbeOK, Detail: "answered"}
+		for i := 0; i < 3; i++ {
+			if _, err := c.Write([]byte{0x08, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": ICMP port unreachable (rejected)"}
+					return nil
+				}
+				r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp send to " + target + ": " + err.Error()}
+				return nil
+			}
+			_ = c.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
+			_, err = c.Read(buf)
+			var ne net.Error
+			switch {
+			case errors.Is(err, syscall.ECONNREFUSED):
+				r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": ICMP port unreachable (rejected)"}
+				return nil
+			case errors.As(err, &ne) && ne.Timeout():
+				continue
+			case err != nil:
+				r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": " + err.Error()}
+				return nil
+			default:
+				r = cluster.ProbeResult{Status: cluster.ProbeOK, Detail: "answered"}
+				return nil
+			}
 		}
+		r = cluster.ProbeResult{Status: cluster.ProbeOK, Detail: "sent, no ICMP unreachable (UDP cannot prove delivery)"}
 		return nil
 	})
 	if err != nil {
@@ -247,10 +260,15 @@ func icmpEcho(dst netip.Addr, size int, df bool) cluster.ProbeResult {
 	}
 	deadline := start.Add(ProbeTimeout)
 	buf := make([]byte, 65536)
+	var lastErr error
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return cluster.ProbeResult{Status: cluster.ProbeFail, Detail: fmt.Sprintf("%s: no reply in %s", what, ProbeTimeout)}
+			d := fmt.Sprintf("%s: no reply in %s", what, ProbeTimeout)
+			if lastErr != nil {
+				d += " (last ICMP error on the socket: " + lastErr.Error() + ")"
+			}
+			return cluster.ProbeResult{Status: cluster.ProbeFail, Detail: d}
 		}
 		tv := unix.NsecToTimeval(left.Nanoseconds())
 		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
@@ -261,6 +279,13 @@ func icmpEcho(dst netip.Addr, size int, df bool) cluster.ProbeResult {
 			}
 			if errors.Is(err, unix.EMSGSIZE) {
 				return cluster.ProbeResult{Status: cluster.ProbeFail, Detail: what + ": fragmentation needed on the path (a smaller MTU on the way)"}
+			}
+			// An ICMP error about another probe to the same address (a UDP
+			// port unreachable) is reported on every raw socket connected
+			// to it: not about this echo, keep waiting for ours.
+			if errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) {
+				lastErr = err
+				continue
 			}
 			return cluster.ProbeResult{Status: cluster.ProbeFail, Detail: what + ": " + err.Error()}
 		}
