@@ -275,3 +275,39 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestStopNonChild stops a process this test process did not start itself (an orphaned
+// grandchild, as `lab down` meets the programs `lab up` left behind): identified from its
+// state alone, signalled through a pidfd, waited for without being able to reap it.
+func TestStopNonChild(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireProgram(t, "sh")
+	ns := testutil.NewNetns(t, "procn")
+	out := testutil.MustRun(t, ns, "sh", "-c", "setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo $!")
+	pid, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("pid of orphan: %q", out)
+	}
+	st, err := ReadStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, err := BootID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &Info{Name: "orphan", PID: pid, StartTime: st.StartTime, BootID: boot}
+	t.Cleanup(func() { _ = Stop(info, 100*time.Millisecond) })
+	if st.PPID == os.Getpid() {
+		t.Fatalf("orphan %d is our child", pid)
+	}
+	if !Alive(info) {
+		t.Fatal("orphan not alive")
+	}
+	if err := Stop(info, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if Alive(info) {
+		t.Fatal("orphan alive after Stop")
+	}
+}
