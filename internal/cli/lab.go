@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -168,11 +169,15 @@ func printStatus(w io.Writer, s *lab.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.IP, n.PodCIDR, n.CRIEndpoint)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "PROCESS\tPID\tALIVE\tLOG")
+	fmt.Fprintln(tw, "PROCESS\tPID\tALIVE\tRSS\tLOG")
 	for _, p := range s.Processes {
-		fmt.Fprintf(tw, "%s\t%d\t%v\t%s\n", p.Name, p.PID, p.Alive, p.LogFile)
+		fmt.Fprintf(tw, "%s\t%d\t%v\t%d MiB\t%s\n", p.Name, p.PID, p.Alive, p.RSSKiB/1024, p.LogFile)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "\nmemory: %d processes, RSS %d MiB, PSS %d MiB\n", s.Memory.Processes, s.Memory.RSSKiB/1024, s.Memory.PSSKiB/1024)
+	return err
 }
 
 func newLabFaults() *cobra.Command {
@@ -358,6 +363,8 @@ func newLabDemo() *cobra.Command {
 				if err := printVerify(ctx, out, l, f, in.Node, true); err != nil {
 					failed = append(failed, f.ID)
 				}
+				fmt.Fprintf(out, "   netdoctor node check on %s says:\n", in.Node)
+				nodeCheck(ctx, out, l, in.Node)
 				if _, err := faults.Heal(ctx, l, f.ID); err != nil {
 					failed = append(failed, f.ID)
 					fmt.Fprintf(out, "   heal failed: %v\n", err)
@@ -380,6 +387,26 @@ func newLabDemo() *cobra.Command {
 	cmd.Flags().StringVar(&c.ProxyMode, "proxy-mode", "iptables", "kube-proxy mode: iptables or nftables")
 	cmd.Flags().BoolVar(&keep, "keep", false, "leave the lab running afterwards")
 	return cmd
+}
+
+// nodeCheck runs `netdoctor node check` on a lab node's namespace (this binary, as a user
+// would) and prints its report indented.
+func nodeCheck(ctx context.Context, w io.Writer, l *lab.Lab, node string) {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(w, "      (cannot find netdoctor: %v)\n", err)
+		return
+	}
+	c := l.State.Config
+	args := []string{"node", "check", "--netns", lab.NetnsPrefix(c.Name) + node, "--node-name", node,
+		"--cluster-cidr", c.ClusterCIDR.String(), "--service-cidr", c.ServiceCIDR.String(),
+		"--root-dir", lab.NodeDir(c.StateDir(), node)}
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, _ := exec.CommandContext(cctx, self, args...).CombinedOutput() // exit 1 means findings
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		fmt.Fprintln(w, "      "+line)
+	}
 }
 
 // Hidden plumbing commands run by the lab itself.

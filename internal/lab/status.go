@@ -1,8 +1,11 @@
 package lab
 
 import (
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 )
 
 // Status is what `lab status` reports (its JSON form is a public interface: kubeconfig,
@@ -22,6 +25,16 @@ type Status struct {
 	Nodes       []NodeStatus    `json:"nodes"`
 	Namespaces  []string        `json:"namespaces"`
 	Processes   []ProcessStatus `json:"processes"`
+	// Memory sums the live processes' resident (RSS) and proportional (PSS: shared pages
+	// divided among their users) set sizes, from /proc.
+	Memory Memory `json:"memory"`
+}
+
+// Memory is the lab's memory use in KiB.
+type Memory struct {
+	Processes int   `json:"processes"`
+	RSSKiB    int64 `json:"rssKiB"`
+	PSSKiB    int64 `json:"pssKiB"`
 }
 
 // NodeStatus is one node of Status.
@@ -40,6 +53,8 @@ type ProcessStatus struct {
 	Alive   bool   `json:"alive"`
 	Netns   string `json:"netns,omitempty"`
 	LogFile string `json:"logFile"`
+	RSSKiB  int64  `json:"rssKiB,omitempty"`
+	PSSKiB  int64  `json:"pssKiB,omitempty"`
 }
 
 // GetStatus reads a lab's status from its state directory and the live system.
@@ -65,8 +80,34 @@ func GetStatus(name, stateRoot string) (*Status, error) {
 	}
 	s.Namespaces, _ = ListOwnedNetns(name)
 	for _, in := range AllProcs(dir) {
-		s.Processes = append(s.Processes, ProcessStatus{Name: in.Name, PID: in.PID, Alive: aliveInfo(in), Netns: in.Netns, LogFile: in.LogFile})
+		ps := ProcessStatus{Name: in.Name, PID: in.PID, Alive: aliveInfo(in), Netns: in.Netns, LogFile: in.LogFile}
+		if ps.Alive {
+			ps.RSSKiB = procKiB(filepath.Join("/proc", strconv.Itoa(in.PID), "status"), "VmRSS:")
+			ps.PSSKiB = procKiB(filepath.Join("/proc", strconv.Itoa(in.PID), "smaps_rollup"), "Pss:")
+			s.Memory.Processes++
+			s.Memory.RSSKiB += ps.RSSKiB
+			s.Memory.PSSKiB += ps.PSSKiB
+		}
+		s.Processes = append(s.Processes, ps)
 	}
 	sort.Slice(s.Processes, func(i, j int) bool { return s.Processes[i].Name < s.Processes[j].Name })
 	return s, nil
+}
+
+// procKiB reads a "Key:   123 kB" line of a /proc file.
+func procKiB(path, key string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, key) {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				v, _ := strconv.ParseInt(f[1], 10, 64)
+				return v
+			}
+		}
+	}
+	return 0
 }

@@ -57,9 +57,10 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 3 * time.Minute
 	}
+	begin := time.Now()
 	say := func(f string, a ...any) {
 		if o.Progress != nil {
-			o.Progress(fmt.Sprintf(f, a...))
+			o.Progress(fmt.Sprintf("[%5.1fs] ", time.Since(begin).Seconds()) + fmt.Sprintf(f, a...))
 		}
 	}
 	for _, b := range []struct{ what, path string }{{"netdoctor-k8s", c.K8sBin}, {"netdoctor", c.SelfBin}} {
@@ -80,7 +81,6 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 	if err := c.CheckHost(o.HostNetns); err != nil {
 		return nil, err
 	}
-	begin := time.Now()
 	st := &State{Config: c, Created: begin.UTC(), Phase: "building"}
 	if err := st.Save(); err != nil {
 		return nil, err

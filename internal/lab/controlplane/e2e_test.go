@@ -273,7 +273,7 @@ func TestRealControlPlane(t *testing.T) {
 			_ = cp.Stop()
 		}
 	})
-	t.Logf("control plane healthy after %v", cp.StartupTime.Round(10*time.Millisecond))
+	t.Logf("control plane healthy after %v (%v)", cp.StartupTime.Round(10*time.Millisecond), cp.ComponentStartup)
 	for _, c := range Components {
 		if !cp.Running()[c] {
 			t.Fatalf("%s not running after Start", c)

@@ -81,6 +81,7 @@ func TestLab(t *testing.T) {
 				for _, f := range faults.All() {
 					t.Run(f.ID, func(t *testing.T) { faultCycle(t, ctx, l, f) })
 				}
+				t.Run("pod-replaced", func(t *testing.T) { podReplaced(t, ctx, l) })
 			}
 			downLeavesNothing(t, l, root)
 		})
@@ -288,5 +289,36 @@ func downLeavesNothing(t *testing.T, l *lab.Lab, root string) {
 	}
 	if _, err := lab.Down(name, root); err != nil {
 		t.Errorf("second down: %v", err)
+	}
+}
+
+// podReplaced deletes a web pod: the kubelet stops it, removes its namespace and finalizes the
+// deletion; the Deployment's replacement lands on the same node (spread constraint) and serves.
+func podReplaced(t *testing.T, ctx context.Context, l *lab.Lab) {
+	p := faults.NewProber(l)
+	old, err := p.WebPodIn(ctx, "shop", "node3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Client.CoreV1().Pods("shop").Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := p.WebPod(ctx, "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		_, getErr := l.Client.CoreV1().Pods("shop").Get(ctx, old.Name, metav1.GetOptions{})
+		gone := getErr != nil && !namespace.Exists(filepath.Base(old.Netns))
+		nw, err := p.WebPodIn(ctx, "shop", "node3")
+		if gone && err == nil && nw.Name != old.Name && faults.HTTPGet(ctx, src.Netns, nw.IP+":80", "pod "+nw.Name) == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("old pod %s gone=%v (get: %v, netns %s exists=%v); replacement %+v, %v", old.Name, gone, getErr,
+				old.Netns, namespace.Exists(filepath.Base(old.Netns)), nw, err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
