@@ -142,8 +142,19 @@ type Session struct {
 	done    chan struct{}
 	cancel  context.CancelFunc
 	result  Result
+	errMu   sync.Mutex
 	err     error
 	stopped atomic.Value // string
+}
+
+// fail records the first error and stops the capture.
+func (s *Session) fail(err error) {
+	s.errMu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.errMu.Unlock()
+	s.stop("error")
 }
 
 type pkt struct {
@@ -188,9 +199,12 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 			return nil, fmt.Errorf("write pcapng header: %w", err)
 		}
 	}
-	rctx, cancel := context.WithCancel(ctx)
+	var rctx context.Context
+	var cancel context.CancelFunc
 	if cfg.Duration > 0 {
 		rctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+	} else {
+		rctx, cancel = context.WithCancel(ctx)
 	}
 	s.cancel = cancel
 	s.result = Result{Filter: cfg.Filter, Started: time.Now()}
@@ -283,16 +297,27 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 }
 
 func (s *Session) read(ctx context.Context, i int, h *handle) {
+	pollErrs := 0
 	for ctx.Err() == nil {
 		data, ci, err := h.tp.ZeroCopyReadPacketData()
 		if err != nil {
-			if errors.Is(err, afpacket.ErrTimeout) || errors.Is(err, afpacket.ErrPoll) {
+			switch {
+			case errors.Is(err, afpacket.ErrTimeout):
 				continue
+			case errors.Is(err, afpacket.ErrPoll):
+				// POLLERR: the socket has an error, typically the interface
+				// went away (pod deleted). Give it a moment, then give up.
+				if pollErrs++; pollErrs < 20 {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				s.fail(fmt.Errorf("capture point %s: socket error (interface removed?): %w", h.point.Label(), err))
+				return
 			}
-			s.stop("error")
-			s.err = fmt.Errorf("capture point %s: read: %w", h.point.Label(), err)
+			s.fail(fmt.Errorf("capture point %s: read: %w", h.point.Label(), err))
 			return
 		}
+		pollErrs = 0
 		if ci.Timestamp.Before(h.attached) {
 			h.early++
 			continue
@@ -336,8 +361,7 @@ func (s *Session) write(ctx context.Context, w *pcapgo.NgWriter, cw *countingWri
 			}
 			written += size
 			if err := w.WritePacket(p.ci, p.data); err != nil {
-				s.err = fmt.Errorf("write packet: %w", err)
-				s.stop("error")
+				s.fail(fmt.Errorf("write packet: %w", err))
 				continue
 			}
 		}
@@ -375,8 +399,8 @@ func (s *Session) write(ctx context.Context, w *pcapgo.NgWriter, cw *countingWri
 		s.result.Points = append(s.result.Points, h.stats)
 	}
 	if w != nil {
-		if err := w.Flush(); err != nil && s.err == nil {
-			s.err = fmt.Errorf("flush pcapng: %w", err)
+		if err := w.Flush(); err != nil {
+			s.fail(fmt.Errorf("flush pcapng: %w", err))
 		}
 		s.result.Bytes = cw.n
 	}
@@ -398,6 +422,8 @@ func (s *Session) Wait() (*Result, error) {
 	if v := s.stopped.Load(); v != nil {
 		s.result.Stopped = v.(string)
 	}
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
 	return &s.result, s.err
 }
 

@@ -510,3 +510,20 @@ func TestCaptureVXLANAndUplink(t *testing.T) {
 		t.Errorf("want one foreign-source finding: %+v", an.Findings)
 	}
 }
+
+func TestCaptureInterfaceRemoved(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "capgone")
+	testutil.MustRun(t, ns, "ip", "link", "add", "g0", "type", "veth", "peer", "name", "g1")
+	testutil.MustRun(t, ns, "ip", "link", "set", "g0", "up")
+	s, err := Start(context.Background(), Config{Points: []Point{{Netns: testutil.Path(ns), NetnsLabel: ns, Iface: "g0"}}, Duration: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.MustRun(t, ns, "ip", "link", "del", "g0")
+	start := time.Now()
+	res, err := s.Wait()
+	if err == nil || res.Stopped != "error" || time.Since(start) > 5*time.Second {
+		t.Errorf("capture on a removed interface: stopped %q after %v, err %v", res.Stopped, time.Since(start), err)
+	}
+}
