@@ -1,7 +1,9 @@
 package netfilter
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -40,11 +42,156 @@ const (
 	tUnknown
 )
 
+// condKind is a compiled condition kind; the common ones are evaluated
+// inline, the rest through a matcher function.
+type condKind uint8
+
+const (
+	cFunc condKind = iota
+	cSrc
+	cDst
+	cIn
+	cOut
+	cProto
+	cProtoIs
+	cSport
+	cDport
+	cMark
+	cConnmark
+	cCtstate
+	cProb
+	cTrue
+	cSrc4
+	cDst4
+)
+
+// cond is one compiled condition of an iptables rule, kept small: a
+// ruleset of 170,000 rules holds ~500,000 of them.
+type cond struct {
+	kind condKind
+	neg  bool
+	pr   portRange
+	v, m uint32 // addr/mask (IPv4), mark/mask, ctstate bits, proto, probability bits
+	x    *condX
+}
+
+// condX holds what few conditions need.
+type condX struct {
+	pfx netip.Prefix
+	s   string
+	fn  matcher
+}
+
+func probCond(p float64) cond {
+	b := math.Float64bits(p)
+	return cond{kind: cProb, v: uint32(b >> 32), m: uint32(b)}
+}
+
+func addrCond(kind condKind, neg bool, pfx netip.Prefix) cond {
+	if pfx.Addr().Is4() {
+		a := pfx.Addr().As4()
+		mask := uint32(0)
+		if pfx.Bits() > 0 {
+			mask = ^uint32(0) << (32 - pfx.Bits())
+		}
+		k := cSrc4
+		if kind == cDst {
+			k = cDst4
+		}
+		return cond{kind: k, neg: neg, v: binary.BigEndian.Uint32(a[:]) & mask, m: mask}
+	}
+	return cond{kind: kind, neg: neg, x: &condX{pfx: pfx}}
+}
+
+func addr4(a netip.Addr) (uint32, bool) {
+	if !a.Is4() {
+		return 0, false
+	}
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:]), true
+}
+
+// ctstate bits for cCtstate
+const (
+	ctbNew uint32 = 1 << iota
+	ctbEstablished
+	ctbRelated
+	ctbInvalid
+	ctbUntracked
+	ctbSNAT
+	ctbDNAT
+)
+
+var ctStateBits = map[string]uint32{CTNew: ctbNew, CTEstablished: ctbEstablished, CTRelated: ctbRelated,
+	CTInvalid: ctbInvalid, CTUntracked: ctbUntracked, "SNAT": ctbSNAT, "DNAT": ctbDNAT}
+
+func (c *cond) eval(t *tracer, st *tstate) (mres, float64, string) {
+	p := &st.pkt
+	var ok bool
+	switch c.kind {
+	case cFunc:
+		return c.x.fn(t, st)
+	case cSrc4:
+		a, is4 := addr4(p.Src)
+		ok = is4 && a&c.m == c.v
+	case cDst4:
+		a, is4 := addr4(p.Dst)
+		ok = is4 && a&c.m == c.v
+	case cSrc:
+		ok = c.x.pfx.Contains(p.Src)
+	case cDst:
+		ok = c.x.pfx.Contains(p.Dst)
+	case cIn:
+		ok = ifaceMatch(c.x.s, p.InIface)
+	case cOut:
+		ok = ifaceMatch(c.x.s, p.OutIface)
+	case cProto:
+		ok = t.pn == c.v
+	case cProtoIs:
+		if t.pn != c.v {
+			return mNo, 0, ""
+		}
+		return mYes, 0, ""
+	case cSport, cDport:
+		if !hasPorts(p.Proto) {
+			return mNo, 0, ""
+		}
+		port := p.DstPort
+		if c.kind == cSport {
+			port = p.SrcPort
+		}
+		ok = c.pr.has(port)
+	case cMark:
+		ok = p.Mark&c.m == c.v
+	case cConnmark:
+		ok = p.CTMark&c.m == c.v
+	case cCtstate:
+		b := ctStateBits[p.CTState]
+		if st.dnat {
+			b |= ctbDNAT
+		}
+		if st.snat {
+			b |= ctbSNAT
+		}
+		ok = b&c.v != 0
+	case cProb:
+		return mProb, math.Float64frombits(uint64(c.v)<<32 | uint64(c.m)), ""
+	case cTrue:
+		ok = true
+	}
+	return boolM(c.neg, ok), 0, ""
+}
+
 type iptRule struct {
-	matchers []matcher
-	kind     iptTargetKind
-	jump     *Chain
-	// NAT
+	conds  []cond
+	kind   iptTargetKind
+	jump   *Chain
+	action string
+	*iptExtra
+}
+
+// iptExtra holds what NAT, MARK/CONNMARK and unsupported targets need.
+type iptExtra struct {
 	natAddr   netip.Addr
 	natPort   uint16
 	natRanged bool
@@ -53,7 +200,6 @@ type iptRule struct {
 	ctSave, ctRestore  bool
 	nfmask, ctmask     uint32
 	reason             string
-	action             string
 }
 
 func compileIptables(rs *Ruleset) error {
@@ -66,11 +212,9 @@ func compileIptables(rs *Ruleset) error {
 				}
 			}
 			for _, r := range c.Rules {
-				ir, err := compileIptRule(tb, r, rs.Family == "ip6")
-				if err != nil {
+				if err := compileIptRule(tb, r, &r.ipt); err != nil {
 					return iptErr(r.Line, "%v", err)
 				}
-				r.ipt = ir
 			}
 			c.index = buildDstIndex(c)
 		}
@@ -89,105 +233,88 @@ func boolM(neg bool, ok bool) mres {
 	return mNo
 }
 
-func compileIptRule(tb *Table, r *Rule, v6 bool) (*iptRule, error) {
-	ir := &iptRule{}
+func compileIptRule(tb *Table, r *Rule, ir *iptRule) error {
+	var buf [16]cond
+	conds := buf[:0]
 	for _, o := range r.Basic {
-		m, err := compileBasic(o)
+		c, err := compileBasic(o)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		ir.matchers = append(ir.matchers, m)
+		conds = append(conds, c)
 	}
 	for _, m := range r.Matches {
-		ms, err := compileIptMatch(m)
-		if err != nil {
-			return nil, fmt.Errorf("-m %s: %w", m.Module, err)
+		var err error
+		if conds, err = compileIptMatch(m, conds); err != nil {
+			return fmt.Errorf("-m %s: %w", m.Module, err)
 		}
-		ir.matchers = append(ir.matchers, ms...)
+	}
+	if len(conds) > 0 {
+		ir.conds = append([]cond(nil), conds...)
 	}
 	if err := compileIptTarget(tb, r, ir); err != nil {
-		return nil, fmt.Errorf("-j %s: %w", r.Target, err)
+		return fmt.Errorf("-j %s: %w", r.Target, err)
 	}
-	return ir, nil
+	return nil
 }
 
-func compileBasic(o Option) (matcher, error) {
+func compileBasic(o Option) (cond, error) {
 	v := ""
-	if len(o.Values) > 0 {
-		v = o.Values[0]
+	if int(o.n) > 0 {
+		v = o.Value
 	}
 	neg := o.Negated
 	switch o.Name {
 	case "s", "d":
 		pfx, err := parseAddrOrPrefix(v)
 		if err != nil {
-			return nil, fmt.Errorf("-%s %q: %w", o.Name, v, err)
+			return cond{}, fmt.Errorf("-%s %q: %w", o.Name, v, err)
 		}
 		if o.Name == "s" {
-			return func(_ *tracer, st *tstate) (mres, float64, string) {
-				return boolM(neg, pfx.Contains(st.pkt.Src)), 0, ""
-			}, nil
+			return addrCond(cSrc, neg, pfx), nil
 		}
-		return func(_ *tracer, st *tstate) (mres, float64, string) {
-			return boolM(neg, pfx.Contains(st.pkt.Dst)), 0, ""
-		}, nil
+		return addrCond(cDst, neg, pfx), nil
 	case "i":
-		return func(_ *tracer, st *tstate) (mres, float64, string) {
-			return boolM(neg, ifaceMatch(v, st.pkt.InIface)), 0, ""
-		}, nil
+		return cond{kind: cIn, neg: neg, x: &condX{s: v}}, nil
 	case "o":
-		return func(_ *tracer, st *tstate) (mres, float64, string) {
-			return boolM(neg, ifaceMatch(v, st.pkt.OutIface)), 0, ""
-		}, nil
+		return cond{kind: cOut, neg: neg, x: &condX{s: v}}, nil
 	case "p":
 		lv := strings.ToLower(v)
 		if lv == "all" || lv == "0" {
-			return func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, true), 0, "" }, nil
+			return cond{kind: cTrue, neg: neg}, nil
 		}
 		n, ok := protoNum(lv)
 		if !ok {
-			return nil, fmt.Errorf("-p %q: unknown protocol", v)
+			return cond{}, fmt.Errorf("-p %q: unknown protocol", v)
 		}
-		return func(_ *tracer, st *tstate) (mres, float64, string) {
-			pn, _ := protoNum(st.pkt.Proto)
-			return boolM(neg, pn == n), 0, ""
-		}, nil
+		return cond{kind: cProto, neg: neg, v: uint32(n)}, nil
 	case "f":
 		// traced packets are unfragmented (or first fragments)
-		return func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, false), 0, "" }, nil
+		return cond{kind: cTrue, neg: !neg}, nil
 	}
-	return nil, fmt.Errorf("unknown option -%s", o.Name)
+	return cond{}, fmt.Errorf("unknown option -%s", o.Name)
 }
 
-func portMatcher(o Option, src bool) (matcher, error) {
-	if len(o.Values) != 1 {
-		return nil, fmt.Errorf("--%s needs one value", o.Name)
+func portCond(o Option, src bool) (cond, error) {
+	if int(o.n) != 1 {
+		return cond{}, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	pr, err := parsePortRange(o.Values[0])
+	pr, err := parsePortRange(o.Value)
 	if err != nil {
-		return nil, fmt.Errorf("--%s: %w", o.Name, err)
+		return cond{}, fmt.Errorf("--%s: %w", o.Name, err)
 	}
-	neg := o.Negated
-	return func(_ *tracer, st *tstate) (mres, float64, string) {
-		if !hasPorts(st.pkt.Proto) {
-			return mNo, 0, ""
-		}
-		p := st.pkt.DstPort
-		if src {
-			p = st.pkt.SrcPort
-		}
-		return boolM(neg, pr.has(p)), 0, ""
-	}, nil
+	if src {
+		return cond{kind: cSport, neg: o.Negated, pr: pr}, nil
+	}
+	return cond{kind: cDport, neg: o.Negated, pr: pr}, nil
 }
 
-func protoMatcher(proto string) matcher {
-	return func(_ *tracer, st *tstate) (mres, float64, string) {
-		if st.pkt.Proto == proto || (proto == "icmp6" || proto == "ipv6-icmp") && st.pkt.Proto == "icmpv6" {
-			return mYes, 0, ""
-		}
-		return mNo, 0, ""
-	}
+func protoCond(proto string) cond {
+	n, _ := protoNum(proto)
+	return cond{kind: cProtoIs, v: uint32(n)}
 }
+
+func fc(m matcher) cond { return cond{kind: cFunc, x: &condX{fn: m}} }
 
 var tcpFlagNames = map[string]uint8{
 	"FIN": TCPFin, "SYN": TCPSyn, "RST": TCPRst, "PSH": TCPPsh, "ACK": TCPAck, "URG": TCPUrg,
@@ -206,43 +333,33 @@ func parseTCPFlags(s string) (uint8, error) {
 	return v, nil
 }
 
-func ctStateMatcher(o Option) (matcher, error) {
-	if len(o.Values) != 1 {
-		return nil, fmt.Errorf("--%s needs one value", o.Name)
+func ctStateCond(o Option) (cond, error) {
+	if int(o.n) != 1 {
+		return cond{}, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	want := map[string]bool{}
-	for _, s := range strings.Split(o.Values[0], ",") {
-		s = strings.ToUpper(s)
-		switch s {
-		case CTNew, CTEstablished, CTRelated, CTInvalid, CTUntracked, "SNAT", "DNAT":
-		default:
-			return nil, fmt.Errorf("--%s: unknown state %q", o.Name, s)
+	var want uint32
+	for _, s := range strings.Split(o.Value, ",") {
+		b, ok := ctStateBits[strings.ToUpper(s)]
+		if !ok {
+			return cond{}, fmt.Errorf("--%s: unknown state %q", o.Name, s)
 		}
-		want[s] = true
+		want |= b
 	}
-	neg := o.Negated
-	return func(_ *tracer, st *tstate) (mres, float64, string) {
-		ok := want[st.pkt.CTState] || (want["DNAT"] && st.dnat) || (want["SNAT"] && st.snat)
-		return boolM(neg, ok), 0, ""
-	}, nil
+	return cond{kind: cCtstate, neg: o.Negated, v: want}, nil
 }
 
-func markMatcher(o Option, ct bool) (matcher, error) {
-	if len(o.Values) != 1 {
-		return nil, fmt.Errorf("--%s needs one value", o.Name)
+func markCond(o Option, ct bool) (cond, error) {
+	if int(o.n) != 1 {
+		return cond{}, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	v, m, err := parseMarkMask(o.Values[0])
+	v, m, err := parseMarkMask(o.Value)
 	if err != nil {
-		return nil, fmt.Errorf("--%s: %w", o.Name, err)
+		return cond{}, fmt.Errorf("--%s: %w", o.Name, err)
 	}
-	neg := o.Negated
-	return func(_ *tracer, st *tstate) (mres, float64, string) {
-		mk := st.pkt.Mark
-		if ct {
-			mk = st.pkt.CTMark
-		}
-		return boolM(neg, mk&m == v), 0, ""
-	}, nil
+	if ct {
+		return cond{kind: cConnmark, neg: o.Negated, v: v, m: m}, nil
+	}
+	return cond{kind: cMark, neg: o.Negated, v: v, m: m}, nil
 }
 
 // addrType classifies an address as the kernel's addrtype match would.
@@ -272,11 +389,11 @@ func (t *tracer) addrType(a netip.Addr, iface string, limit bool) (string, bool)
 }
 
 func addrtypeMatcher(o Option, src bool, limitIn, limitOut bool) (matcher, error) {
-	if len(o.Values) != 1 {
+	if int(o.n) != 1 {
 		return nil, fmt.Errorf("--%s needs one value", o.Name)
 	}
 	want := map[string]bool{}
-	for _, s := range strings.Split(o.Values[0], ",") {
+	for _, s := range strings.Split(o.Value, ",") {
 		s = strings.ToUpper(s)
 		switch s {
 		case "UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",
@@ -339,10 +456,10 @@ var icmp6TypeNames = map[string][2]int{
 }
 
 func icmpTypeMatcher(o Option, v6 bool) (matcher, error) {
-	if len(o.Values) != 1 {
+	if int(o.n) != 1 {
 		return nil, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	s := o.Values[0]
+	s := o.Value
 	names := icmpTypeNames
 	proto := "icmp"
 	if v6 {
@@ -374,48 +491,58 @@ func icmpTypeMatcher(o Option, v6 bool) (matcher, error) {
 	}, nil
 }
 
-func compileIptMatch(m Match) ([]matcher, error) {
-	unsupported := func(o Option) matcher {
-		return unknownMatcher(fmt.Sprintf("unsupported option --%s of match -m %s", o.Name, m.Module))
+func compileIptMatch(m Match, ms []cond) ([]cond, error) {
+	unsupported := func(o Option) cond {
+		return fc(unknownMatcher(fmt.Sprintf("unsupported option --%s of match -m %s", o.Name, m.Module)))
 	}
-	var ms []matcher
-	add := func(x matcher, err error) error {
+	add := func(x cond, err error) error {
 		if err != nil {
 			return err
 		}
 		ms = append(ms, x)
 		return nil
 	}
+	addf := func(x matcher, err error) error {
+		if err != nil {
+			return err
+		}
+		ms = append(ms, fc(x))
+		return nil
+	}
 	switch m.Module {
 	case "comment", "nfacct", "counter":
-		return nil, nil
+		return ms, nil
 	case "tcp", "udp", "sctp", "udplite":
-		ms = append(ms, protoMatcher(m.Module))
+		ms = append(ms, protoCond(m.Module))
 		for _, o := range m.Options {
 			var err error
 			switch o.Name {
 			case "dport", "destination-port", "dports":
-				err = add(portMatcher(o, false))
+				err = add(portCond(o, false))
 			case "sport", "source-port", "sports":
-				err = add(portMatcher(o, true))
+				err = add(portCond(o, true))
 			case "tcp-flags":
-				if m.Module != "tcp" || len(o.Values) != 2 {
+				if m.Module != "tcp" || int(o.n) != 2 {
 					return nil, fmt.Errorf("--tcp-flags needs MASK COMP")
 				}
-				mask, e1 := parseTCPFlags(o.Values[0])
-				comp, e2 := parseTCPFlags(o.Values[1])
+				args := o.Values()
+				if len(args) != 2 {
+					return nil, fmt.Errorf("--tcp-flags needs MASK COMP")
+				}
+				mask, e1 := parseTCPFlags(args[0])
+				comp, e2 := parseTCPFlags(args[1])
 				if e1 != nil || e2 != nil {
-					return nil, fmt.Errorf("--tcp-flags %q: bad flags", o.Value())
+					return nil, fmt.Errorf("--tcp-flags %q: bad flags", o.Value)
 				}
 				neg := o.Negated
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					return boolM(neg, st.pkt.TCPFlags&mask == comp), 0, ""
-				})
+				}))
 			case "syn":
 				neg := o.Negated
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					return boolM(neg, st.pkt.TCPFlags&(TCPSyn|TCPRst|TCPAck|TCPFin) == TCPSyn), 0, ""
-				})
+				}))
 			default:
 				ms = append(ms, unsupported(o))
 			}
@@ -425,10 +552,10 @@ func compileIptMatch(m Match) ([]matcher, error) {
 		}
 	case "icmp", "icmp6", "icmpv6":
 		v6 := m.Module != "icmp"
-		ms = append(ms, protoMatcher(map[bool]string{false: "icmp", true: "icmpv6"}[v6]))
+		ms = append(ms, protoCond(map[bool]string{false: "icmp", true: "icmpv6"}[v6]))
 		for _, o := range m.Options {
 			if o.Name == "icmp-type" || o.Name == "icmpv6-type" {
-				if err := add(icmpTypeMatcher(o, v6)); err != nil {
+				if err := addf(icmpTypeMatcher(o, v6)); err != nil {
 					return nil, err
 				}
 				continue
@@ -449,11 +576,11 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			if len(o.Values) != 1 {
+			if int(o.n) != 1 {
 				return nil, fmt.Errorf("--%s needs one value", o.Name)
 			}
 			var prs []portRange
-			for _, p := range strings.Split(o.Values[0], ",") {
+			for _, p := range strings.Split(o.Value, ",") {
 				pr, err := parsePortRange(p)
 				if err != nil {
 					return nil, fmt.Errorf("--%s: %w", o.Name, err)
@@ -461,7 +588,7 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				prs = append(prs, pr)
 			}
 			neg := o.Negated
-			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+			ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 				if !hasPorts(st.pkt.Proto) {
 					return mNo, 0, ""
 				}
@@ -473,7 +600,7 @@ func compileIptMatch(m Match) ([]matcher, error) {
 					}
 				}
 				return boolM(neg, ok), 0, ""
-			})
+			}))
 		}
 	case "mark", "connmark":
 		for _, o := range m.Options {
@@ -481,7 +608,7 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			if err := add(markMatcher(o, m.Module == "connmark")); err != nil {
+			if err := add(markCond(o, m.Module == "connmark")); err != nil {
 				return nil, err
 			}
 		}
@@ -490,54 +617,54 @@ func compileIptMatch(m Match) ([]matcher, error) {
 			var err error
 			switch o.Name {
 			case "ctstate", "state":
-				err = add(ctStateMatcher(o))
+				err = add(ctStateCond(o))
 			case "ctorigsrc", "ctorigdst":
-				pfx, perr := parseAddrOrPrefix(o.Value())
+				pfx, perr := parseAddrOrPrefix(o.Value)
 				if perr != nil {
 					return nil, fmt.Errorf("--%s: %w", o.Name, perr)
 				}
 				src, neg := o.Name == "ctorigsrc", o.Negated
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					a := st.orig.Dst
 					if src {
 						a = st.orig.Src
 					}
 					return boolM(neg, pfx.Contains(a)), 0, ""
-				})
+				}))
 			case "ctorigdstport", "ctorigsrcport":
-				pr, perr := parsePortRange(o.Value())
+				pr, perr := parsePortRange(o.Value)
 				if perr != nil {
 					return nil, fmt.Errorf("--%s: %w", o.Name, perr)
 				}
 				src, neg := o.Name == "ctorigsrcport", o.Negated
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					p := st.orig.DstPort
 					if src {
 						p = st.orig.SrcPort
 					}
 					return boolM(neg, pr.has(p)), 0, ""
-				})
+				}))
 			case "ctproto":
-				n, ok := protoNum(o.Value())
+				n, ok := protoNum(o.Value)
 				if !ok {
-					return nil, fmt.Errorf("--ctproto %q: unknown protocol", o.Value())
+					return nil, fmt.Errorf("--ctproto %q: unknown protocol", o.Value)
 				}
 				neg := o.Negated
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					pn, _ := protoNum(st.orig.Proto)
 					return boolM(neg, pn == n), 0, ""
-				})
+				}))
 			case "ctdir":
 				// traced packets travel in the original direction unless
 				// they are replies (ESTABLISHED/RELATED): that is unknown
-				orig := strings.EqualFold(o.Value(), "ORIGINAL")
+				orig := strings.EqualFold(o.Value, "ORIGINAL")
 				neg := o.Negated
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					if st.pkt.CTState == CTNew {
 						return boolM(neg, orig), 0, ""
 					}
 					return mUnknown, 0, "conntrack --ctdir of a non-NEW packet is not known"
-				})
+				}))
 			default:
 				ms = append(ms, unsupported(o))
 			}
@@ -555,9 +682,9 @@ func compileIptMatch(m Match) ([]matcher, error) {
 			var err error
 			switch o.Name {
 			case "src-type":
-				err = add(addrtypeMatcher(o, true, limitIn, limitOut))
+				err = addf(addrtypeMatcher(o, true, limitIn, limitOut))
 			case "dst-type":
-				err = add(addrtypeMatcher(o, false, limitIn, limitOut))
+				err = addf(addrtypeMatcher(o, false, limitIn, limitOut))
 			case "limit-iface-in", "limit-iface-out":
 			default:
 				ms = append(ms, unsupported(o))
@@ -568,52 +695,56 @@ func compileIptMatch(m Match) ([]matcher, error) {
 		}
 	case "statistic":
 		mode, _ := m.Option("mode")
-		switch mode.Value() {
+		switch mode.Value {
 		case "random":
 			po, ok := m.Option("probability")
 			if !ok {
 				return nil, fmt.Errorf("--mode random needs --probability")
 			}
-			p, err := strconv.ParseFloat(po.Value(), 64)
+			p, err := strconv.ParseFloat(po.Value, 64)
 			if err != nil || p < 0 || p > 1 {
-				return nil, fmt.Errorf("--probability %q: want a number in [0,1]", po.Value())
+				return nil, fmt.Errorf("--probability %q: want a number in [0,1]", po.Value)
 			}
 			if po.Negated {
 				p = 1 - p
 			}
-			ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return mProb, p, "" })
+			ms = append(ms, probCond(p))
 		case "nth":
 			eo, ok := m.Option("every")
 			if !ok {
 				return nil, fmt.Errorf("--mode nth needs --every")
 			}
-			n, err := strconv.ParseUint(eo.Value(), 10, 32)
+			n, err := strconv.ParseUint(eo.Value, 10, 32)
 			if err != nil || n == 0 {
-				return nil, fmt.Errorf("--every %q: want a positive number", eo.Value())
+				return nil, fmt.Errorf("--every %q: want a positive number", eo.Value)
 			}
 			p := 1 / float64(n)
 			if eo.Negated {
 				p = 1 - p
 			}
-			ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return mProb, p, "" })
+			ms = append(ms, probCond(p))
 		default:
-			ms = append(ms, unknownMatcher(fmt.Sprintf("unsupported statistic mode %q", mode.Value())))
+			ms = append(ms, fc(unknownMatcher(fmt.Sprintf("unsupported statistic mode %q", mode.Value))))
 		}
 	case "set":
 		for _, o := range m.Options {
 			switch o.Name {
 			case "match-set":
-				if len(o.Values) != 2 {
+				if int(o.n) != 2 {
 					return nil, fmt.Errorf("--match-set needs NAME FLAGS")
 				}
-				name, flags := o.Values[0], strings.Split(o.Values[1], ",")
+				args := o.Values()
+				if len(args) != 2 {
+					return nil, fmt.Errorf("--match-set needs NAME FLAGS")
+				}
+				name, flags := args[0], strings.Split(args[1], ",")
 				for _, f := range flags {
 					if f != "src" && f != "dst" {
 						return nil, fmt.Errorf("--match-set %s: bad flag %q", name, f)
 					}
 				}
 				neg := o.Negated
-				ms = append(ms, func(t *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(t *tracer, st *tstate) (mres, float64, string) {
 					set := t.env.Ipsets[name]
 					if set == nil {
 						return mUnknown, 0, fmt.Sprintf("contents of ipset %q not known", name)
@@ -623,7 +754,7 @@ func compileIptMatch(m Match) ([]matcher, error) {
 						return mUnknown, 0, err.Error()
 					}
 					return boolM(neg, ok), 0, ""
-				})
+				}))
 			case "return-nomatch", "update-counters", "update-subcounters":
 				if o.Name == "return-nomatch" {
 					ms = append(ms, unsupported(o))
@@ -637,17 +768,17 @@ func compileIptMatch(m Match) ([]matcher, error) {
 			neg := o.Negated
 			switch o.Name {
 			case "physdev-in", "physdev-out":
-				in, pat := o.Name == "physdev-in", o.Value()
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				in, pat := o.Name == "physdev-in", o.Value
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					n := st.pkt.PhysOutIface
 					if in {
 						n = st.pkt.PhysInIface
 					}
 					return boolM(neg, ifaceMatch(pat, n)), 0, ""
-				})
+				}))
 			case "physdev-is-in", "physdev-is-out", "physdev-is-bridged":
 				name := o.Name
-				ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					var ok bool
 					switch name {
 					case "physdev-is-in":
@@ -658,7 +789,7 @@ func compileIptMatch(m Match) ([]matcher, error) {
 						ok = st.pkt.PhysInIface != "" || st.pkt.PhysOutIface != ""
 					}
 					return boolM(neg, ok), 0, ""
-				})
+				}))
 			default:
 				ms = append(ms, unsupported(o))
 			}
@@ -671,7 +802,7 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				ms = append(ms, unsupported(o))
 			}
 		}
-		ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return mYes, 0, "" })
+		ms = append(ms, fc(func(*tracer, *tstate) (mres, float64, string) { return mYes, 0, "" }))
 	case "hashlimit":
 		above := false
 		for _, o := range m.Options {
@@ -679,16 +810,16 @@ func compileIptMatch(m Match) ([]matcher, error) {
 		}
 		// one packet is under the limit: "--hashlimit-upto" matches,
 		// "--hashlimit-above" does not
-		ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return boolM(above, true), 0, "" })
+		ms = append(ms, fc(func(*tracer, *tstate) (mres, float64, string) { return boolM(above, true), 0, "" }))
 	case "recent":
 		for _, o := range m.Options {
 			switch o.Name {
 			case "set":
 				neg := o.Negated
-				ms = append(ms, func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, true), 0, "" })
+				ms = append(ms, fc(func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, true), 0, "" }))
 			case "name", "rsource", "rdest", "mask", "reap", "rttl", "seconds", "hitcount":
 			default:
-				ms = append(ms, unknownMatcher(fmt.Sprintf("match -m recent --%s depends on earlier packets", o.Name)))
+				ms = append(ms, fc(unknownMatcher(fmt.Sprintf("match -m recent --%s depends on earlier packets", o.Name))))
 			}
 		}
 	case "length":
@@ -697,17 +828,17 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			pr, err := parsePortRange(o.Value())
+			pr, err := parsePortRange(o.Value)
 			if err != nil {
 				return nil, fmt.Errorf("--length: %w", err)
 			}
 			neg := o.Negated
-			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+			ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 				if st.pkt.Length == 0 {
 					return mUnknown, 0, "match -m length: packet length not given"
 				}
 				return boolM(neg, pr.has(st.pkt.Length)), 0, ""
-			})
+			}))
 		}
 	case "iprange":
 		for _, o := range m.Options {
@@ -715,20 +846,20 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			a, b, ok := strings.Cut(o.Value(), "-")
+			a, b, ok := strings.Cut(o.Value, "-")
 			lo, e1 := netip.ParseAddr(a)
 			hi, e2 := netip.ParseAddr(b)
 			if !ok || e1 != nil || e2 != nil {
-				return nil, fmt.Errorf("--%s %q: want ADDR-ADDR", o.Name, o.Value())
+				return nil, fmt.Errorf("--%s %q: want ADDR-ADDR", o.Name, o.Value)
 			}
 			src, neg := o.Name == "src-range", o.Negated
-			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+			ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 				x := st.pkt.Dst
 				if src {
 					x = st.pkt.Src
 				}
 				return boolM(neg, x.Compare(lo) >= 0 && x.Compare(hi) <= 0), 0, ""
-			})
+			}))
 		}
 	case "pkttype":
 		for _, o := range m.Options {
@@ -736,8 +867,8 @@ func compileIptMatch(m Match) ([]matcher, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			want, neg := strings.ToLower(o.Value()), o.Negated
-			ms = append(ms, func(_ *tracer, st *tstate) (mres, float64, string) {
+			want, neg := strings.ToLower(o.Value), o.Negated
+			ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 				typ := "unicast"
 				if st.pkt.Dst.IsMulticast() {
 					typ = "multicast"
@@ -745,10 +876,10 @@ func compileIptMatch(m Match) ([]matcher, error) {
 					typ = "broadcast"
 				}
 				return boolM(neg, typ == want), 0, ""
-			})
+			}))
 		}
 	default:
-		ms = append(ms, unknownMatcher("unsupported match -m "+m.Module))
+		ms = append(ms, fc(unknownMatcher("unsupported match -m "+m.Module)))
 	}
 	return ms, nil
 }
@@ -756,9 +887,13 @@ func compileIptMatch(m Match) ([]matcher, error) {
 func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 	opt := func(name string) (string, bool) {
 		o, ok := r.TargetOption(name)
-		return o.Value(), ok
+		return o.Value, ok
 	}
 	ir.action = r.Target
+	switch r.Target {
+	case "MARK", "CONNMARK", "DNAT", "SNAT", "MASQUERADE", "REDIRECT":
+		ir.iptExtra = &iptExtra{}
+	}
 	switch r.Target {
 	case "":
 		ir.kind = tNone
@@ -797,8 +932,8 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 		for _, o := range r.TargetOptions {
 			var v, m uint32
 			var err error
-			if len(o.Values) > 0 {
-				v, m, err = parseMarkMask(o.Values[0])
+			if int(o.n) > 0 {
+				v, m, err = parseMarkMask(o.Value)
 				if err != nil {
 					return fmt.Errorf("--%s: %w", o.Name, err)
 				}
@@ -819,7 +954,7 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 					return fmt.Errorf("--save-mark is a CONNMARK option")
 				}
 				ir.ctSave = true
-				if len(o.Values) > 0 { // old "--save-mark --mask"
+				if int(o.n) > 0 { // old "--save-mark --mask"
 					ir.nfmask, ir.ctmask = m, m
 				}
 			case "restore-mark":
@@ -883,7 +1018,7 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 			return fmt.Errorf("jump to undeclared chain %q", r.Target)
 		}
 		ir.kind = tUnknown
-		ir.reason = "unsupported target -j " + r.Target
+		ir.iptExtra = &iptExtra{reason: "unsupported target -j " + r.Target}
 	}
 	return nil
 }
@@ -898,9 +1033,9 @@ func optsText(os []Option) string {
 			b.WriteString("! ")
 		}
 		b.WriteString("--" + o.Name)
-		for _, v := range o.Values {
+		if o.Value != "" {
 			b.WriteByte(' ')
-			b.WriteString(v)
+			b.WriteString(o.Value)
 		}
 	}
 	return b.String()
@@ -910,8 +1045,8 @@ func optsText(os []Option) string {
 // mismatch wins over an unknown one (the conditions are a conjunction).
 func (ir *iptRule) match(t *tracer, st *tstate) (mres, float64, string) {
 	res, p, reason := mYes, 1.0, ""
-	for _, m := range ir.matchers {
-		r, q, why := m(t, st)
+	for i := range ir.conds {
+		r, q, why := ir.conds[i].eval(t, st)
 		switch r {
 		case mNo:
 			return mNo, 0, ""
@@ -941,7 +1076,7 @@ func (t *tracer) iptBase(st *tstate, bc baseChain) []branch {
 		if b.kind == endReturn {
 			pol := bc.chain.Policy
 			if pol != "ACCEPT" || len(bc.chain.Rules) > 0 {
-				b.st.hit(bc.rs, bc.chain, 0, "policy "+pol, "policy "+pol)
+				b.st.hit(bc.rs, bc.chain, 0, policyText(pol), policyText(pol))
 			}
 			switch pol {
 			case "DROP":
@@ -1012,7 +1147,7 @@ func (t *tracer) iptApply(rs *Ruleset, st *tstate, c *Chain, i, depth int, note 
 // branches, or cont=true when st continues with the next rule.
 func (t *tracer) iptTarget(rs *Ruleset, st *tstate, c *Chain, i, depth int, note string) ([]branch, bool) {
 	r := c.Rules[i]
-	ir := r.ipt
+	ir := &r.ipt
 	hit := func(action string) { st.hit(rs, c, r.Position, r.Text, action+note) }
 	switch ir.kind {
 	case tNone, tContinue:
@@ -1183,10 +1318,10 @@ func hostDst(r *Rule) (netip.Addr, bool) {
 	for _, o := range r.Basic {
 		if o.Name == "d" {
 			n++
-			if o.Negated || len(o.Values) != 1 {
+			if o.Negated || int(o.n) != 1 {
 				return a, false
 			}
-			p, err := parseAddrOrPrefix(o.Values[0])
+			p, err := parseAddrOrPrefix(o.Value)
 			if err != nil || !p.IsSingleIP() {
 				return a, false
 			}

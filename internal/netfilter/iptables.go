@@ -1,7 +1,6 @@
 package netfilter
 
 import (
-	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
@@ -43,21 +42,25 @@ func ParseIptablesSave(data []byte) (*Ruleset, error) {
 	rs := &Ruleset{Backend: BackendIptables}
 	var cur *Table
 	lineNo := 0
-	for len(data) > 0 {
+	// one string for the whole input: rule texts and option values are
+	// substrings of it, not copies
+	text := string(data)
+	var scratch []iptToken
+	for len(text) > 0 {
 		lineNo++
-		var line []byte
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
+		var line string
+		if i := strings.IndexByte(text, '\n'); i >= 0 {
+			line, text = text[:i], text[i+1:]
 		} else {
-			line, data = data, nil
+			line, text = text, ""
 		}
-		line = bytes.TrimRight(line, "\r \t")
+		line = strings.TrimRight(line, "\r \t")
 		if len(line) == 0 {
 			continue
 		}
 		switch line[0] {
 		case '#':
-			s := string(line)
+			s := line
 			if strings.Contains(s, "ip6tables-save") {
 				rs.Family = "ip6"
 			} else if strings.Contains(s, "iptables-save") && rs.Family == "" {
@@ -68,7 +71,7 @@ func ParseIptablesSave(data []byte) (*Ruleset, error) {
 			if cur != nil {
 				return nil, iptErr(lineNo, "table %q starts before COMMIT of table %q", line[1:], cur.Name)
 			}
-			name := strings.TrimSpace(string(line[1:]))
+			name := strings.TrimSpace(line[1:])
 			if name == "" || strings.ContainsAny(name, " \t") {
 				return nil, iptErr(lineNo, "bad table name %q", name)
 			}
@@ -79,12 +82,12 @@ func ParseIptablesSave(data []byte) (*Ruleset, error) {
 			if cur == nil {
 				return nil, iptErr(lineNo, "chain declaration outside a table")
 			}
-			if err := parseIptChainDecl(cur, string(line[1:]), lineNo); err != nil {
+			if err := parseIptChainDecl(cur, line[1:], lineNo); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		s := string(line)
+		s := line
 		if s == "COMMIT" {
 			if cur == nil {
 				return nil, iptErr(lineNo, "COMMIT outside a table")
@@ -95,7 +98,7 @@ func ParseIptablesSave(data []byte) (*Ruleset, error) {
 		if cur == nil {
 			return nil, iptErr(lineNo, "rule outside a table: %q", trunc(s))
 		}
-		r, chainName, err := parseIptRule(s, lineNo)
+		r, chainName, err := parseIptRule(s, lineNo, &scratch)
 		if err != nil {
 			return nil, err
 		}
@@ -134,8 +137,8 @@ func guessIptFamily(rs *Ruleset) string {
 		for _, c := range t.Chains {
 			for _, r := range c.Rules {
 				for _, o := range r.Basic {
-					if (o.Name == "s" || o.Name == "d") && len(o.Values) > 0 {
-						if strings.Contains(o.Values[0], ":") {
+					if (o.Name == "s" || o.Name == "d") && int(o.n) > 0 {
+						if strings.Contains(o.Value, ":") {
 							return "ip6"
 						}
 						return "ip"
@@ -188,14 +191,16 @@ func parseIptChainDecl(t *Table, s string, line int) error {
 }
 
 type iptToken struct {
-	s      string
-	quoted bool
+	s          string
+	quoted     bool
+	start, end int // byte span in the line (quotes included)
 }
 
 // tokenizeIpt splits a rule line like iptables-restore does: on blanks,
-// with double-quoted words (backslash escapes \" and \\).
-func tokenizeIpt(s string, line int) ([]iptToken, error) {
-	var toks []iptToken
+// with double-quoted words (backslash escapes \" and \\). Tokens are
+// appended to toks[:0].
+func tokenizeIpt(s string, line int, toks []iptToken) ([]iptToken, error) {
+	toks = toks[:0]
 	i := 0
 	for i < len(s) {
 		for i < len(s) && (s[i] == ' ' || s[i] == '\t') {
@@ -204,7 +209,14 @@ func tokenizeIpt(s string, line int) ([]iptToken, error) {
 		if i >= len(s) {
 			break
 		}
+		start := i
 		if s[i] == '"' {
+			// fast path: no escapes, the word is a substring
+			if j := strings.IndexByte(s[i+1:], '"'); j >= 0 && !strings.Contains(s[i+1:i+1+j], "\\") {
+				toks = append(toks, iptToken{s: s[i+1 : i+1+j], quoted: true, start: start, end: i + j + 2})
+				i += j + 2
+				continue
+			}
 			var b strings.Builder
 			i++
 			closed := false
@@ -226,14 +238,14 @@ func tokenizeIpt(s string, line int) ([]iptToken, error) {
 			if !closed {
 				return nil, iptErr(line, "unterminated quote")
 			}
-			toks = append(toks, iptToken{s: b.String(), quoted: true})
+			toks = append(toks, iptToken{s: b.String(), quoted: true, start: start, end: i})
 			continue
 		}
 		j := i
 		for j < len(s) && s[j] != ' ' && s[j] != '\t' {
 			j++
 		}
-		toks = append(toks, iptToken{s: s[i:j]})
+		toks = append(toks, iptToken{s: s[i:j], start: start, end: j})
 		i = j
 	}
 	return toks, nil
@@ -255,9 +267,27 @@ func isOptTok(t iptToken) bool {
 	return len(t.s) == 2 && (t.s[1] < '0' || t.s[1] > '9')
 }
 
+func isNeg(t iptToken) bool { return t.s == "!" && !t.quoted }
+
+// basicName returns the one-letter name of a basic option token, or "".
+func basicName(t string) string {
+	if long, ok := iptBasicLong[t]; ok {
+		return long
+	}
+	if len(t) == 2 && t[0] == '-' {
+		switch t[1] {
+		case 's', 'd', 'i', 'o', 'p', 'f':
+			return t[1:]
+		}
+	}
+	return ""
+}
+
 // parseIptRule parses "-A CHAIN ..." (optionally preceded by "[p:b]").
-func parseIptRule(s string, line int) (*Rule, string, error) {
-	toks, err := tokenizeIpt(s, line)
+// Option values are substrings of s; the rule's options share one array.
+func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error) {
+	toks, err := tokenizeIpt(s, line, *scratch)
+	*scratch = toks
 	if err != nil {
 		return nil, "", err
 	}
@@ -270,12 +300,33 @@ func parseIptRule(s string, line int) (*Rule, string, error) {
 	r := &Rule{Line: line, Text: s}
 	chain := toks[1].s
 	toks = toks[2:]
+	nBasic, nOther, nMatch := 0, 0, 0
+	for _, t := range toks {
+		if !isOptTok(t) {
+			continue
+		}
+		switch {
+		case basicName(t.s) != "":
+			nBasic++
+		case t.s == "-m" || t.s == "--match":
+			nMatch++
+		case t.s == "-j" || t.s == "--jump" || t.s == "-g" || t.s == "--goto" || t.s == "-c" || t.s == "--set-counters":
+		default:
+			nOther++
+		}
+	}
+	backing := make([]Option, nBasic+nOther+1) // +1: a possible implicit match
+	bi, oi := 0, nBasic
+	if nMatch > 0 {
+		r.Matches = make([]Match, 0, nMatch)
+	}
 	var curMatch *Match
+	curStart, targetStart := 0, -1
 	inTarget := false
 	neg := false
 	for i := 0; i < len(toks); i++ {
 		t := toks[i]
-		if t.s == "!" && !t.quoted {
+		if isNeg(t) {
 			if neg {
 				return nil, "", iptErr(line, "double negation")
 			}
@@ -285,76 +336,95 @@ func parseIptRule(s string, line int) (*Rule, string, error) {
 		if !isOptTok(t) {
 			return nil, "", iptErr(line, "unexpected word %q", t.s)
 		}
-		// collect values up to the next option or "!"
+		// the values run up to the next option or "!"
 		j := i + 1
-		for j < len(toks) && !isOptTok(toks[j]) && !(toks[j].s == "!" && !toks[j].quoted) {
+		for j < len(toks) && !isOptTok(toks[j]) && !isNeg(toks[j]) {
 			j++
 		}
-		vals := make([]string, 0, j-i-1)
-		for _, v := range toks[i+1 : j] {
-			vals = append(vals, v.s)
+		nv := j - i - 1
+		val := ""
+		switch {
+		case nv == 1:
+			val = toks[i+1].s
+		case nv > 1:
+			quoted := false
+			for _, v := range toks[i+1 : j] {
+				quoted = quoted || v.quoted
+			}
+			if quoted {
+				parts := make([]string, 0, nv)
+				for _, v := range toks[i+1 : j] {
+					parts = append(parts, v.s)
+				}
+				val = strings.Join(parts, " ")
+			} else {
+				val = s[toks[i+1].start:toks[j-1].end]
+			}
 		}
 		name := t.s
-		if long, ok := iptBasicLong[name]; ok {
-			name = "-" + long
-		}
-		switch {
+		switch b := basicName(name); {
 		case name == "-m" || name == "--match":
-			if neg || len(vals) != 1 {
+			if neg || nv != 1 {
 				return nil, "", iptErr(line, "-m needs exactly one module name")
 			}
 			if inTarget {
-				return nil, "", iptErr(line, "match -m %s after the target", vals[0])
+				return nil, "", iptErr(line, "match -m %s after the target", val)
 			}
-			r.Matches = append(r.Matches, Match{Module: vals[0]})
+			r.Matches = append(r.Matches, Match{Module: val})
 			curMatch = &r.Matches[len(r.Matches)-1]
+			curStart = oi
 		case name == "-j" || name == "--jump" || name == "-g" || name == "--goto":
-			if neg || len(vals) != 1 {
+			if neg || nv != 1 {
 				return nil, "", iptErr(line, "%s needs exactly one target", name)
 			}
 			if r.Target != "" {
 				return nil, "", iptErr(line, "two targets")
 			}
-			r.Target = vals[0]
+			r.Target = val
 			r.Goto = name == "-g" || name == "--goto"
 			inTarget = true
+			targetStart = oi
 			curMatch = nil
 		case name == "-c" || name == "--set-counters":
 			// "-c packets bytes" (iptables-nft -c): ignore
-		case len(name) == 2:
-			b := name[1:]
-			switch b {
-			case "s", "d", "i", "o", "p":
-				if len(vals) != 1 {
-					return nil, "", iptErr(line, "option %s needs one value", t.s)
-				}
-			case "f":
-				if len(vals) != 0 {
+		case b != "":
+			if b == "f" {
+				if nv != 0 {
 					return nil, "", iptErr(line, "option -f takes no value")
 				}
-			default:
-				return nil, "", iptErr(line, "unknown option %s", t.s)
+			} else if nv != 1 {
+				return nil, "", iptErr(line, "option %s needs one value", t.s)
 			}
 			if inTarget {
 				return nil, "", iptErr(line, "option %s after the target", t.s)
 			}
-			r.Basic = append(r.Basic, Option{Name: b, Negated: neg, Values: vals})
+			backing[bi] = Option{Name: b, Negated: neg, n: uint8(min(nv, 255)), Value: val}
+			bi++
 			curMatch = nil
+		case len(name) == 2:
+			return nil, "", iptErr(line, "unknown option %s", t.s)
 		default:
-			o := Option{Name: strings.TrimPrefix(name, "--"), Negated: neg, Values: vals}
+			o := Option{Name: strings.TrimPrefix(name, "--"), Negated: neg, n: uint8(min(nv, 255)), Value: val}
 			switch {
 			case inTarget:
-				r.TargetOptions = append(r.TargetOptions, o)
+				backing[oi] = o
+				oi++
 			case curMatch != nil:
-				curMatch.Options = append(curMatch.Options, o)
+				backing[oi] = o
+				oi++
+				curMatch.Options = backing[curStart:oi:oi]
 				if curMatch.Module == "comment" && o.Name == "comment" && r.Comment == "" {
-					r.Comment = o.Value()
+					r.Comment = o.Value
 				}
 			default:
 				// "-p tcp --dport 80": the protocol's match is implicit
-				if proto := implicitProto(r.Basic); proto != "" {
-					r.Matches = append(r.Matches, Match{Module: proto, Options: []Option{o}})
+				if proto := implicitProto(backing[:bi]); proto != "" {
+					r.Matches = append(r.Matches, Match{Module: proto})
 					curMatch = &r.Matches[len(r.Matches)-1]
+					curStart = oi
+					backing[oi] = o
+					oi++
+					curMatch.Options = backing[curStart:oi:oi]
 					break
 				}
 				return nil, "", iptErr(line, "option %s outside a match (missing -m)", t.s)
@@ -366,13 +436,19 @@ func parseIptRule(s string, line int) (*Rule, string, error) {
 	if neg {
 		return nil, "", iptErr(line, "dangling \"!\"")
 	}
+	if bi > 0 {
+		r.Basic = backing[:bi:bi]
+	}
+	if targetStart >= 0 && targetStart < oi {
+		r.TargetOptions = backing[targetStart:oi:oi]
+	}
 	return r, chain, nil
 }
 
 func implicitProto(basic []Option) string {
 	for _, o := range basic {
-		if o.Name == "p" && !o.Negated && len(o.Values) == 1 {
-			switch v := strings.ToLower(o.Values[0]); v {
+		if o.Name == "p" && !o.Negated && o.n == 1 {
+			switch v := strings.ToLower(o.Value); v {
 			case "tcp", "udp", "sctp", "icmp", "icmpv6", "ipv6-icmp", "udplite":
 				return v
 			}

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"fmt"
 	"strings"
+	"sync"
 )
 
 // Backend names where a ruleset came from.
@@ -29,6 +30,9 @@ type Ruleset struct {
 	Family string
 	// Tables in the order they were printed.
 	Tables []*Table
+
+	once     sync.Once
+	builtins []*Chain
 }
 
 // Table is an iptables table (raw, mangle, nat, filter, security) or an
@@ -73,16 +77,28 @@ type Chain struct {
 }
 
 // Option is one option of a match or target: "--dport 80" is
-// {Name: "dport", Values: ["80"]}; "! --ctstate NEW" has Negated set.
+// {Name: "dport", Value: "80"}; "! --ctstate NEW" has Negated set.
 // Basic iptables options keep their short name ("s", "d", "i", "o", "p", "f").
+// Options with several arguments ("--match-set NAME src,dst") keep them
+// space-separated in Value; Values splits them.
 type Option struct {
 	Name    string
 	Negated bool
-	Values  []string
+	n       uint8 // number of arguments
+	Value   string
 }
 
-// Value returns the option's values joined by a space.
-func (o Option) Value() string { return strings.Join(o.Values, " ") }
+// Values returns the option's arguments ("--match-set NAME src,dst" gives
+// ["NAME", "src,dst"]).
+func (o Option) Values() []string {
+	switch o.n {
+	case 0:
+		return nil
+	case 1:
+		return []string{o.Value}
+	}
+	return strings.Fields(o.Value)
+}
 
 // Match is an iptables match module ("-m tcp --dport 80") with its options.
 type Match struct {
@@ -130,8 +146,13 @@ type Rule struct {
 	Exprs []NftExpr
 
 	chain *Chain
-	ipt   *iptRule
-	nft   []nftStmt
+	ipt   iptRule
+	*nftCompiled
+}
+
+// nftCompiled is the compiled form of an nftables rule.
+type nftCompiled struct {
+	nft []nftStmt
 	// nftMatch[i] is true when statement i is a pure match (no side
 	// effect), so a later definite mismatch can overrule an unknown.
 	nftMatch []bool

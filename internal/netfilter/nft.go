@@ -74,6 +74,7 @@ func unknownStmt(why string) nftStmt {
 }
 
 func compileNftRule(tb *Table, r *Rule) error {
+	r.nftCompiled = &nftCompiled{}
 	var parts []string
 	for _, e := range r.Exprs {
 		s, err := compileNftStmt(tb, e)
@@ -1061,7 +1062,7 @@ func (t *tracer) nftBase(st *tstate, bc baseChain) []branch {
 		if b.kind == endReturn {
 			pol := bc.chain.Policy
 			if pol != "accept" || len(bc.chain.Rules) > 0 {
-				b.st.hit(bc.rs, bc.chain, 0, "policy "+pol, "policy "+pol)
+				b.st.hit(bc.rs, bc.chain, 0, policyText(pol), policyText(pol))
 			}
 			if pol == "drop" {
 				b.kind = endDrop

@@ -56,7 +56,7 @@ func (rs *Ruleset) Chains(pattern string) []*Chain {
 
 // JumpTarget returns the chain a rule jumps or goes to, or nil.
 func (r *Rule) JumpTarget() *Chain {
-	if r.ipt != nil && r.ipt.jump != nil {
+	if r.ipt.jump != nil {
 		return r.ipt.jump
 	}
 	return nil
@@ -104,13 +104,12 @@ func (t *Table) IsIptablesCompat() bool {
 // tables made by iptables-nft, so that tracing iptables-save output and
 // `nft -j list ruleset` together does not see those rules twice.
 func (rs *Ruleset) WithoutIptablesCompat() *Ruleset {
-	out := *rs
-	out.Tables = nil
+	out := &Ruleset{Backend: rs.Backend, Source: rs.Source, Family: rs.Family}
 	for _, t := range rs.Tables {
 		if rs.Backend == BackendNftables && t.IsIptablesCompat() {
 			continue
 		}
 		out.Tables = append(out.Tables, t)
 	}
-	return &out
+	return out
 }

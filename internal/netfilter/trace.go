@@ -198,7 +198,7 @@ type tstate struct {
 	pkt    Packet
 	orig   Packet // as it entered the trace (conntrack original tuple)
 	prob   float64
-	hits   []Hit
+	hits   []hitRec
 	hooks  []string
 	hook   string
 	dnat   bool // conntrack virtual states
@@ -209,7 +209,8 @@ type tstate struct {
 
 func (s *tstate) clone() *tstate {
 	c := *s
-	c.hits = s.hits[:len(s.hits):len(s.hits)]
+	c.hits = make([]hitRec, len(s.hits), len(s.hits)+16)
+	copy(c.hits, s.hits)
 	c.hooks = s.hooks[:len(s.hooks):len(s.hooks)]
 	return &c
 }
@@ -244,14 +245,35 @@ func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, erro
 		return nil, fmt.Errorf("trace %s: unknown flow %d", pkt, int(flow))
 	}
 	t := &tracer{rulesets: rulesets, env: &env}
+	if n, ok := protoNum(pkt.Proto); ok {
+		t.pn = uint32(n)
+	}
 	t.local = make(map[netip.Addr]bool, len(env.LocalAddrs))
 	for _, a := range env.LocalAddrs {
 		t.local[a.Unmap()] = true
 	}
-	st := &tstate{pkt: pkt, orig: pkt, prob: 1}
+	st := &tstate{pkt: pkt, orig: pkt, prob: 1, hits: make([]hitRec, 0, 16), hooks: make([]string, 0, 3)}
 	var out []Outcome
 	t.run(st, hooks, flow == FlowInbound, &out)
 	return mergeOutcomes(out), nil
+}
+
+func sameOutcome(a, b *Outcome) bool {
+	if a.Verdict != b.Verdict || a.Packet != b.Packet || a.Reason != b.Reason || len(a.Hits) != len(b.Hits) || len(a.Hooks) != len(b.Hooks) {
+		return false
+	}
+	for i := range a.Hooks {
+		if a.Hooks[i] != b.Hooks[i] {
+			return false
+		}
+	}
+	for i := range a.Hits {
+		x, y := &a.Hits[i], &b.Hits[i]
+		if x.Chain != y.Chain || x.Position != y.Position || x.Action != y.Action || x.Table != y.Table || x.Source != y.Source || x.Family != y.Family {
+			return false
+		}
+	}
+	return true
 }
 
 // mergeOutcomes folds outcomes that are identical but for their
@@ -259,6 +281,20 @@ func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, erro
 func mergeOutcomes(outs []Outcome) []Outcome {
 	if len(outs) < 2 {
 		return outs
+	}
+	if len(outs) <= 32 {
+		merged := outs[:0]
+	next:
+		for _, o := range outs {
+			for i := range merged {
+				if sameOutcome(&merged[i], &o) {
+					merged[i].Probability += o.Probability
+					continue next
+				}
+			}
+			merged = append(merged, o)
+		}
+		return merged
 	}
 	seen := make(map[string]int, len(outs))
 	merged := outs[:0]
@@ -321,6 +357,8 @@ func normalizePacket(p *Packet) error {
 const maxBranches = 1 << 14
 
 type tracer struct {
+	pn       uint32 // the packet's protocol number
+	bcCache  map[string][]baseChain
 	branches int
 	rulesets []*Ruleset
 	env      *Env
@@ -354,24 +392,48 @@ func familyOK(tableFamily string, v4 bool) bool {
 }
 
 func (t *tracer) baseChains(hook string, v4 bool) []baseChain {
+	key := hook
+	if !v4 {
+		key += "6"
+	}
+	if bcs, ok := t.bcCache[key]; ok {
+		return bcs
+	}
 	var bcs []baseChain
 	for _, rs := range t.rulesets {
 		if rs == nil {
 			continue
 		}
-		for _, tb := range rs.Tables {
-			if !familyOK(tb.Family, v4) {
-				continue
-			}
-			for _, c := range tb.Chains {
-				if c.Builtin && c.Hook == hook {
-					bcs = append(bcs, baseChain{rs: rs, table: tb, chain: c, prio: c.Priority, nat: c.Type == "nat"})
-				}
+		for _, c := range rs.builtinChains() {
+			if c.Hook == hook && familyOK(c.table.Family, v4) {
+				bcs = append(bcs, baseChain{rs: rs, table: c.table, chain: c, prio: c.Priority, nat: c.Type == "nat"})
 			}
 		}
 	}
 	sort.SliceStable(bcs, func(i, j int) bool { return bcs[i].prio < bcs[j].prio })
+	if t.bcCache == nil {
+		t.bcCache = map[string][]baseChain{}
+	}
+	t.bcCache[key] = bcs
 	return bcs
+}
+
+// builtinChains lists the ruleset's built-in/base chains (cached: a
+// ruleset is not changed after parsing).
+func (rs *Ruleset) builtinChains() []*Chain {
+	rs.once.Do(func() {
+		for _, tb := range rs.Tables {
+			for _, c := range tb.Chains {
+				if c.Builtin {
+					if c.table == nil {
+						c.table = tb
+					}
+					rs.builtins = append(rs.builtins, c)
+				}
+			}
+		}
+	})
+	return rs.builtins
 }
 
 func (t *tracer) run(st *tstate, hooks []string, inbound bool, out *[]Outcome) {
@@ -418,7 +480,7 @@ func (t *tracer) run(st *tstate, hooks []string, inbound bool, out *[]Outcome) {
 }
 
 func (s *tstate) outcome(k endKind) Outcome {
-	o := Outcome{Probability: s.prob, Packet: s.pkt, Hits: s.hits, Hooks: s.hooks, Reason: s.reason}
+	o := Outcome{Probability: s.prob, Packet: s.pkt, Hits: expandHits(s.hits), Hooks: s.hooks, Reason: s.reason}
 	switch k {
 	case endAccept:
 		o.Verdict = VerdictAccept
@@ -439,11 +501,60 @@ func (t *tracer) evalBase(st *tstate, bc baseChain) []branch {
 	return t.iptBase(st, bc)
 }
 
-func (st *tstate) hit(rs *Ruleset, c *Chain, pos int, text, action string) {
-	st.hits = append(st.hits, Hit{
-		Backend: rs.Backend, Source: rs.Source, Family: c.table.Family, Hook: st.hook,
-		Table: c.table.Name, Chain: c.Name, Position: pos, Text: text, Action: action,
-	})
+// hitRec is a compact Hit recorded during the trace; Hits are made from
+// them once per outcome.
+type hitRec struct {
+	rs     *Ruleset
+	c      *Chain
+	action string
+	pos    int32
+	hook   uint8
+}
+
+var hookNames = []string{"prerouting", "input", "forward", "output", "postrouting"}
+
+func hookIndex(h string) uint8 {
+	for i, n := range hookNames {
+		if n == h {
+			return uint8(i)
+		}
+	}
+	return 0
+}
+
+// hit records that rule pos of chain c (0: its policy) did action. text
+// is the rule text (or the policy text) and is not stored: it is derived
+// from the chain when the outcome is made.
+func (st *tstate) hit(rs *Ruleset, c *Chain, pos int, _ string, action string) {
+	st.hits = append(st.hits, hitRec{rs: rs, c: c, pos: int32(pos), action: action, hook: hookIndex(st.hook)})
+}
+
+func expandHits(recs []hitRec) []Hit {
+	hits := make([]Hit, len(recs))
+	for i, h := range recs {
+		text := policyText(h.c.Policy)
+		if h.pos > 0 && int(h.pos) <= len(h.c.Rules) {
+			text = h.c.Rules[h.pos-1].Text
+		}
+		hits[i] = Hit{Backend: h.rs.Backend, Source: h.rs.Source, Family: h.c.table.Family, Hook: hookNames[h.hook],
+			Table: h.c.table.Name, Chain: h.c.Name, Position: int(h.pos), Text: text, Action: h.action}
+	}
+	return hits
+}
+
+// policyText returns "policy X" without allocating for the usual policies.
+func policyText(p string) string {
+	switch p {
+	case "ACCEPT":
+		return "policy ACCEPT"
+	case "DROP":
+		return "policy DROP"
+	case "accept":
+		return "policy accept"
+	case "drop":
+		return "policy drop"
+	}
+	return "policy " + p
 }
 
 // split returns a copy of st for a new probabilistic branch, or nil when
