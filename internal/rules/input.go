@@ -318,7 +318,9 @@ func (t *Topology) learnPeers(s *facts.NodeSnapshot, h Hints) {
 				continue
 			}
 			if existing := t.peerContaining(byCIDR, a); existing != nil {
-				if !existing.Gateway.IsValid() {
+				if !existing.Gateway.IsValid() || a == existing.PodCIDR.Addr() {
+					// flannel's neighbour for a peer is its subnet's network
+					// address: that, not a route's gateway, is the peer.
 					existing.Gateway = a
 				}
 				existing.Sources = append(existing.Sources, "neighbour: "+FormatNeighbor(n))

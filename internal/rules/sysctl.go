@@ -96,6 +96,9 @@ func runIPForward(in *Input) Result {
 
 func runBridgeNF(in *Input) Result {
 	t := in.Topology()
+	if len(in.Node.Sysctls) == 0 {
+		return Skip("no sysctls in the snapshot")
+	}
 	v, ok := in.sysctl("net.bridge.bridge-nf-call-iptables")
 	if ok && v != "0" {
 		return Pass("net.bridge.bridge-nf-call-iptables = %s", v)

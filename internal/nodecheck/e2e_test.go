@@ -1,4 +1,4 @@
-package rules_test
+package nodecheck_test
 
 import (
 	"bytes"
@@ -16,6 +16,9 @@ import (
 	"github.com/netdoctor/netdoctor/internal/finding"
 	"github.com/netdoctor/netdoctor/internal/testutil"
 )
+
+// rulesTestdata holds the fixtures this test captures for the rules' unit tests.
+var rulesTestdata = filepath.Join("..", "rules", "testdata")
 
 var update = flag.Bool("update", false, "rewrite testdata/ (snapshots captured from the lab namespaces, golden files)")
 
@@ -51,7 +54,7 @@ func captureFixture(t testing.TB, lab *flannelLab, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join("testdata", name+".json"), append(b, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(rulesTestdata, name+".json"), append(b, '\n'), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -92,6 +95,9 @@ func assertClean(t *testing.T, lab *flannelLab) {
 }
 
 func TestNodeCheckEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: builds namespaces as root")
+	}
 	testutil.RequireRoot(t)
 	lab := newFlannelLab(t)
 

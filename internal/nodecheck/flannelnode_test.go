@@ -1,4 +1,4 @@
-package rules_test
+package nodecheck_test
 
 import (
 	"context"
@@ -99,7 +99,7 @@ func newFlannelLab(t testing.TB) *flannelLab {
 	for _, p := range []string{"ip", "bridge", "iptables-restore", "sysctl", "ping"} {
 		testutil.RequireProgram(t, p)
 	}
-	rules, err := os.ReadFile(filepath.Join("testdata", "kube-proxy-iptables.save"))
+	rules, err := os.ReadFile(filepath.Join(rulesTestdata, "kube-proxy-iptables.save"))
 	if err != nil {
 		t.Fatal(err)
 	}
