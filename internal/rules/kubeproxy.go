@@ -157,7 +157,7 @@ func (in *Input) kubeProxy() *kubeProxyView {
 					if c.Name == "KUBE-SERVICES" && isClusterIP && strings.HasPrefix(r.Target, "KUBE-SVC-") {
 						v.services++
 						if d, ok := r.MatchOption("", "d"); ok {
-							if p, err := ParsePrefixOrAddr(d.Value); err == nil {
+							if p, err := ParsePrefixOrAddr(strings.Join(d.Values(), " ")); err == nil {
 								v.serviceIPs = append(v.serviceIPs, p.Addr())
 							}
 						}
@@ -169,7 +169,7 @@ func (in *Input) kubeProxy() *kubeProxyView {
 					switch {
 					case hasSrc && src.Negated:
 						v.masqRules = append(v.masqRules, fmt.Sprintf("%s nat %s rule %d: %s", rs.Source, c.Name, r.Position, r.Text))
-						v.masqCIDRs = append(v.masqCIDRs, parseCIDRList(src.Value)...)
+						v.masqCIDRs = append(v.masqCIDRs, parseCIDRList(strings.Join(src.Values(), " "))...)
 					case !hasSrc:
 						v.masqAllRule = fmt.Sprintf("%s nat %s rule %d: %s", rs.Source, c.Name, r.Position, r.Text)
 					}
