@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netdoctor/netdoctor/internal/namespace"
+	"github.com/netdoctor/netdoctor/internal/tcping"
 )
 
 // Protocol is the kind of probe.
@@ -204,12 +205,7 @@ func resolveTarget(ctx context.Context, o Options) (net.IP, error) {
 		}
 		return ip.To4(), nil
 	}
-	var ips []net.IP
-	err := namespace.Do(o.Netns, func() error {
-		var err error
-		ips, err = net.DefaultResolver.LookupIP(ctx, "ip4", o.Target)
-		return err
-	})
+	ips, err := tcping.NetnsResolver(o.Netns).LookupIP(ctx, "ip4", o.Target)
 	if err != nil || len(ips) == 0 {
 		return nil, fmt.Errorf("resolve %s: %w", o.Target, err)
 	}
@@ -651,20 +647,18 @@ func (t *tracer) report(rounds int, final bool) *Report {
 }
 
 func resolveNames(ctx context.Context, netnsPath string, rep *Report) {
-	_ = namespace.Do(netnsPath, func() error {
-		for i := range rep.Hops {
-			h := &rep.Hops[i]
-			for _, a := range h.Addresses {
-				lctx, cancel := context.WithTimeout(ctx, time.Second)
-				names, err := net.DefaultResolver.LookupAddr(lctx, a)
-				cancel()
-				if err == nil && len(names) > 0 {
-					h.Names = append(h.Names, names[0])
-				} else {
-					h.Names = append(h.Names, a)
-				}
+	r := tcping.NetnsResolver(netnsPath)
+	for i := range rep.Hops {
+		h := &rep.Hops[i]
+		for _, a := range h.Addresses {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			names, err := r.LookupAddr(lctx, a)
+			cancel()
+			if err == nil && len(names) > 0 {
+				h.Names = append(h.Names, names[0])
+			} else {
+				h.Names = append(h.Names, a)
 			}
 		}
-		return nil
-	})
+	}
 }

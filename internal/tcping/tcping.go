@@ -215,12 +215,7 @@ func resolve(ctx context.Context, netnsPath, host string) (net.IP, error) {
 	if ip := net.ParseIP(host); ip != nil {
 		return ip, nil
 	}
-	var ips []net.IP
-	err := namespace.Do(netnsPath, func() error {
-		var err error
-		ips, err = net.DefaultResolver.LookupIP(ctx, "ip", host)
-		return err
-	})
+	ips, err := NetnsResolver(netnsPath).LookupIP(ctx, "ip", host)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", host, err)
 	}
@@ -228,6 +223,25 @@ func resolve(ctx context.Context, netnsPath, host string) (net.IP, error) {
 		return nil, fmt.Errorf("resolve %s: no addresses", host)
 	}
 	return ips[0], nil
+}
+
+// NetnsResolver is a resolver whose DNS queries leave from the network
+// namespace at path ("" = this one). It reads this machine's resolv.conf and
+// hosts file (as nsenter -n does). The resolver runs lookups on goroutines of
+// its own, so the namespace is entered where the socket is made, in Dial.
+func NetnsResolver(path string) *net.Resolver {
+	if path == "" {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+		var c net.Conn
+		err := namespace.Do(path, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+			return err
+		})
+		return c, err
+	}}
 }
 
 func probeOnce(ctx context.Context, opts Options, addr string) Attempt {

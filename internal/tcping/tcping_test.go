@@ -3,6 +3,7 @@ package tcping
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -238,5 +239,27 @@ func TestUDPAndDNS(t *testing.T) {
 				t.Errorf("rcodes %v, want 3x %s", s.Rcodes, tt.wantRcode)
 			}
 		})
+	}
+}
+
+// TestNetnsResolverDialsInNamespace: the resolver's connections leave from
+// the namespace (the server is only reachable from the client namespace).
+func TestNetnsResolverDialsInNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	client, server := pair(t)
+	listen(t, server, "198.18.10.2:5300")
+	r := NetnsResolver(testutil.Path(client))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := r.Dial(ctx, "tcp", "198.18.10.2:5300")
+	if err != nil {
+		t.Fatalf("dial from the client namespace: %v", err)
+	}
+	if got := c.LocalAddr().String(); !strings.HasPrefix(got, "198.18.10.1:") {
+		t.Errorf("local address %s is not the client namespace's", got)
+	}
+	_ = c.Close()
+	if NetnsResolver("") != net.DefaultResolver {
+		t.Error("no namespace: want the default resolver")
 	}
 }
