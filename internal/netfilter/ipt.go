@@ -261,7 +261,7 @@ func compileIptRule(tb *Table, r *Rule, ir *iptRule) error {
 func compileBasic(o Option) (cond, error) {
 	v := ""
 	if int(o.n) > 0 {
-		v = o.Value
+		v = o.Arg
 	}
 	neg := o.Negated
 	switch o.Name {
@@ -299,7 +299,7 @@ func portCond(o Option, src bool) (cond, error) {
 	if int(o.n) != 1 {
 		return cond{}, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	pr, err := parsePortRange(o.Value)
+	pr, err := parsePortRange(o.Arg)
 	if err != nil {
 		return cond{}, fmt.Errorf("--%s: %w", o.Name, err)
 	}
@@ -338,7 +338,7 @@ func ctStateCond(o Option) (cond, error) {
 		return cond{}, fmt.Errorf("--%s needs one value", o.Name)
 	}
 	var want uint32
-	for _, s := range strings.Split(o.Value, ",") {
+	for _, s := range strings.Split(o.Arg, ",") {
 		b, ok := ctStateBits[strings.ToUpper(s)]
 		if !ok {
 			return cond{}, fmt.Errorf("--%s: unknown state %q", o.Name, s)
@@ -352,7 +352,7 @@ func markCond(o Option, ct bool) (cond, error) {
 	if int(o.n) != 1 {
 		return cond{}, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	v, m, err := parseMarkMask(o.Value)
+	v, m, err := parseMarkMask(o.Arg)
 	if err != nil {
 		return cond{}, fmt.Errorf("--%s: %w", o.Name, err)
 	}
@@ -393,7 +393,7 @@ func addrtypeMatcher(o Option, src bool, limitIn, limitOut bool) (matcher, error
 		return nil, fmt.Errorf("--%s needs one value", o.Name)
 	}
 	want := map[string]bool{}
-	for _, s := range strings.Split(o.Value, ",") {
+	for _, s := range strings.Split(o.Arg, ",") {
 		s = strings.ToUpper(s)
 		switch s {
 		case "UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",
@@ -459,7 +459,7 @@ func icmpTypeMatcher(o Option, v6 bool) (matcher, error) {
 	if int(o.n) != 1 {
 		return nil, fmt.Errorf("--%s needs one value", o.Name)
 	}
-	s := o.Value
+	s := o.Arg
 	names := icmpTypeNames
 	proto := "icmp"
 	if v6 {
@@ -532,7 +532,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 				mask, e1 := parseTCPFlags(args[0])
 				comp, e2 := parseTCPFlags(args[1])
 				if e1 != nil || e2 != nil {
-					return nil, fmt.Errorf("--tcp-flags %q: bad flags", o.Value)
+					return nil, fmt.Errorf("--tcp-flags %q: bad flags", o.Arg)
 				}
 				neg := o.Negated
 				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
@@ -580,7 +580,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 				return nil, fmt.Errorf("--%s needs one value", o.Name)
 			}
 			var prs []portRange
-			for _, p := range strings.Split(o.Value, ",") {
+			for _, p := range strings.Split(o.Arg, ",") {
 				pr, err := parsePortRange(p)
 				if err != nil {
 					return nil, fmt.Errorf("--%s: %w", o.Name, err)
@@ -619,7 +619,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 			case "ctstate", "state":
 				err = add(ctStateCond(o))
 			case "ctorigsrc", "ctorigdst":
-				pfx, perr := parseAddrOrPrefix(o.Value)
+				pfx, perr := parseAddrOrPrefix(o.Arg)
 				if perr != nil {
 					return nil, fmt.Errorf("--%s: %w", o.Name, perr)
 				}
@@ -632,7 +632,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 					return boolM(neg, pfx.Contains(a)), 0, ""
 				}))
 			case "ctorigdstport", "ctorigsrcport":
-				pr, perr := parsePortRange(o.Value)
+				pr, perr := parsePortRange(o.Arg)
 				if perr != nil {
 					return nil, fmt.Errorf("--%s: %w", o.Name, perr)
 				}
@@ -645,9 +645,9 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 					return boolM(neg, pr.has(p)), 0, ""
 				}))
 			case "ctproto":
-				n, ok := protoNum(o.Value)
+				n, ok := protoNum(o.Arg)
 				if !ok {
-					return nil, fmt.Errorf("--ctproto %q: unknown protocol", o.Value)
+					return nil, fmt.Errorf("--ctproto %q: unknown protocol", o.Arg)
 				}
 				neg := o.Negated
 				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
@@ -657,7 +657,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 			case "ctdir":
 				// traced packets travel in the original direction unless
 				// they are replies (ESTABLISHED/RELATED): that is unknown
-				orig := strings.EqualFold(o.Value, "ORIGINAL")
+				orig := strings.EqualFold(o.Arg, "ORIGINAL")
 				neg := o.Negated
 				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					if st.pkt.CTState == CTNew {
@@ -695,15 +695,15 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 		}
 	case "statistic":
 		mode, _ := m.Option("mode")
-		switch mode.Value {
+		switch mode.Arg {
 		case "random":
 			po, ok := m.Option("probability")
 			if !ok {
 				return nil, fmt.Errorf("--mode random needs --probability")
 			}
-			p, err := strconv.ParseFloat(po.Value, 64)
+			p, err := strconv.ParseFloat(po.Arg, 64)
 			if err != nil || p < 0 || p > 1 {
-				return nil, fmt.Errorf("--probability %q: want a number in [0,1]", po.Value)
+				return nil, fmt.Errorf("--probability %q: want a number in [0,1]", po.Arg)
 			}
 			if po.Negated {
 				p = 1 - p
@@ -714,9 +714,9 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 			if !ok {
 				return nil, fmt.Errorf("--mode nth needs --every")
 			}
-			n, err := strconv.ParseUint(eo.Value, 10, 32)
+			n, err := strconv.ParseUint(eo.Arg, 10, 32)
 			if err != nil || n == 0 {
-				return nil, fmt.Errorf("--every %q: want a positive number", eo.Value)
+				return nil, fmt.Errorf("--every %q: want a positive number", eo.Arg)
 			}
 			p := 1 / float64(n)
 			if eo.Negated {
@@ -724,7 +724,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 			}
 			ms = append(ms, probCond(p))
 		default:
-			ms = append(ms, fc(unknownMatcher(fmt.Sprintf("unsupported statistic mode %q", mode.Value))))
+			ms = append(ms, fc(unknownMatcher(fmt.Sprintf("unsupported statistic mode %q", mode.Arg))))
 		}
 	case "set":
 		for _, o := range m.Options {
@@ -768,7 +768,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 			neg := o.Negated
 			switch o.Name {
 			case "physdev-in", "physdev-out":
-				in, pat := o.Name == "physdev-in", o.Value
+				in, pat := o.Name == "physdev-in", o.Arg
 				ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 					n := st.pkt.PhysOutIface
 					if in {
@@ -828,7 +828,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			pr, err := parsePortRange(o.Value)
+			pr, err := parsePortRange(o.Arg)
 			if err != nil {
 				return nil, fmt.Errorf("--length: %w", err)
 			}
@@ -846,11 +846,11 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			a, b, ok := strings.Cut(o.Value, "-")
+			a, b, ok := strings.Cut(o.Arg, "-")
 			lo, e1 := netip.ParseAddr(a)
 			hi, e2 := netip.ParseAddr(b)
 			if !ok || e1 != nil || e2 != nil {
-				return nil, fmt.Errorf("--%s %q: want ADDR-ADDR", o.Name, o.Value)
+				return nil, fmt.Errorf("--%s %q: want ADDR-ADDR", o.Name, o.Arg)
 			}
 			src, neg := o.Name == "src-range", o.Negated
 			ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
@@ -867,7 +867,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 				ms = append(ms, unsupported(o))
 				continue
 			}
-			want, neg := strings.ToLower(o.Value), o.Negated
+			want, neg := strings.ToLower(o.Arg), o.Negated
 			ms = append(ms, fc(func(_ *tracer, st *tstate) (mres, float64, string) {
 				typ := "unicast"
 				if st.pkt.Dst.IsMulticast() {
@@ -887,7 +887,7 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 	opt := func(name string) (string, bool) {
 		o, ok := r.TargetOption(name)
-		return o.Value, ok
+		return o.Arg, ok
 	}
 	ir.action = r.Target
 	switch r.Target {
@@ -933,7 +933,7 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 			var v, m uint32
 			var err error
 			if int(o.n) > 0 {
-				v, m, err = parseMarkMask(o.Value)
+				v, m, err = parseMarkMask(o.Arg)
 				if err != nil {
 					return fmt.Errorf("--%s: %w", o.Name, err)
 				}
@@ -1033,9 +1033,9 @@ func optsText(os []Option) string {
 			b.WriteString("! ")
 		}
 		b.WriteString("--" + o.Name)
-		if o.Value != "" {
+		if o.Arg != "" {
 			b.WriteByte(' ')
-			b.WriteString(o.Value)
+			b.WriteString(o.Arg)
 		}
 	}
 	return b.String()
@@ -1321,7 +1321,7 @@ func hostDst(r *Rule) (netip.Addr, bool) {
 			if o.Negated || int(o.n) != 1 {
 				return a, false
 			}
-			p, err := parseAddrOrPrefix(o.Value)
+			p, err := parseAddrOrPrefix(o.Arg)
 			if err != nil || !p.IsSingleIP() {
 				return a, false
 			}

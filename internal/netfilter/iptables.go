@@ -138,7 +138,7 @@ func guessIptFamily(rs *Ruleset) string {
 			for _, r := range c.Rules {
 				for _, o := range r.Basic {
 					if (o.Name == "s" || o.Name == "d") && int(o.n) > 0 {
-						if strings.Contains(o.Value, ":") {
+						if strings.Contains(o.Arg, ":") {
 							return "ip6"
 						}
 						return "ip"
@@ -398,13 +398,13 @@ func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error
 			if inTarget {
 				return nil, "", iptErr(line, "option %s after the target", t.s)
 			}
-			backing[bi] = Option{Name: b, Negated: neg, n: uint8(min(nv, 255)), Value: val}
+			backing[bi] = Option{Name: b, Negated: neg, n: uint8(min(nv, 255)), Arg: val}
 			bi++
 			curMatch = nil
 		case len(name) == 2:
 			return nil, "", iptErr(line, "unknown option %s", t.s)
 		default:
-			o := Option{Name: strings.TrimPrefix(name, "--"), Negated: neg, n: uint8(min(nv, 255)), Value: val}
+			o := Option{Name: strings.TrimPrefix(name, "--"), Negated: neg, n: uint8(min(nv, 255)), Arg: val}
 			switch {
 			case inTarget:
 				backing[oi] = o
@@ -414,7 +414,7 @@ func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error
 				oi++
 				curMatch.Options = backing[curStart:oi:oi]
 				if curMatch.Module == "comment" && o.Name == "comment" && r.Comment == "" {
-					r.Comment = o.Value
+					r.Comment = o.Arg
 				}
 			default:
 				// "-p tcp --dport 80": the protocol's match is implicit
@@ -448,7 +448,7 @@ func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error
 func implicitProto(basic []Option) string {
 	for _, o := range basic {
 		if o.Name == "p" && !o.Negated && o.n == 1 {
-			switch v := strings.ToLower(o.Value); v {
+			switch v := strings.ToLower(o.Arg); v {
 			case "tcp", "udp", "sctp", "icmp", "icmpv6", "ipv6-icmp", "udplite":
 				return v
 			}

@@ -124,7 +124,7 @@ func iptDest(r *Rule) (netip.Addr, string, uint16, bool) {
 	if !ok || d.Negated {
 		return netip.Addr{}, "", 0, false
 	}
-	pfx, err := parseAddrOrPrefix(d.Value)
+	pfx, err := parseAddrOrPrefix(d.Arg)
 	if err != nil || !pfx.IsSingleIP() {
 		return netip.Addr{}, "", 0, false
 	}
@@ -132,12 +132,12 @@ func iptDest(r *Rule) (netip.Addr, string, uint16, bool) {
 	var port uint16
 	for _, m := range r.Matches {
 		if o, ok := m.Option("dport"); ok {
-			if v, err := strconv.ParseUint(o.Value, 10, 16); err == nil {
+			if v, err := strconv.ParseUint(o.Arg, 10, 16); err == nil {
 				port = uint16(v)
 			}
 		}
 	}
-	return pfx.Addr(), strings.ToLower(p.Value), port, port != 0
+	return pfx.Addr(), strings.ToLower(p.Arg), port, port != 0
 }
 
 func kubeIptServices(rs *Ruleset) ([]KubeService, error) {
@@ -162,7 +162,7 @@ func kubeIptServices(rs *Ruleset) ([]KubeService, error) {
 				var port uint16
 				for _, m := range r.Matches {
 					if o, ok := m.Option("dport"); ok {
-						v, _ := strconv.ParseUint(o.Value, 10, 16)
+						v, _ := strconv.ParseUint(o.Arg, 10, 16)
 						port = uint16(v)
 					}
 				}
@@ -213,7 +213,7 @@ func iptEndpoints(c *Chain, p float64, depth int) []KubeEndpoint {
 		}
 		prob := 1.0
 		if o, ok := r.MatchOption("statistic", "probability"); ok {
-			prob, _ = strconv.ParseFloat(o.Value, 64)
+			prob, _ = strconv.ParseFloat(o.Arg, 64)
 		}
 		switch {
 		case strings.HasPrefix(j.Name, "KUBE-SEP-"):
@@ -221,7 +221,7 @@ func iptEndpoints(c *Chain, p float64, depth int) []KubeEndpoint {
 			for _, sr := range j.Rules {
 				if sr.Target == "DNAT" {
 					if o, ok := sr.TargetOption("to-destination"); ok {
-						a, port, _, err := parseNATTarget(o.Value)
+						a, port, _, err := parseNATTarget(o.Arg)
 						if err == nil {
 							ep.Addr = netip.AddrPortFrom(a, port)
 						}

@@ -77,16 +77,20 @@ type Chain struct {
 }
 
 // Option is one option of a match or target: "--dport 80" is
-// {Name: "dport", Value: "80"}; "! --ctstate NEW" has Negated set.
+// {Name: "dport", Arg: "80"}; "! --ctstate NEW" has Negated set.
 // Basic iptables options keep their short name ("s", "d", "i", "o", "p", "f").
 // Options with several arguments ("--match-set NAME src,dst") keep them
-// space-separated in Value; Values splits them.
+// space-separated in Arg; Values splits them.
 type Option struct {
 	Name    string
 	Negated bool
 	n       uint8 // number of arguments
-	Value   string
+	Arg     string
 }
+
+// Value returns the option's argument(s) as printed ("80",
+// "NAME src,dst").
+func (o Option) Value() string { return o.Arg }
 
 // Values returns the option's arguments ("--match-set NAME src,dst" gives
 // ["NAME", "src,dst"]).
@@ -95,9 +99,9 @@ func (o Option) Values() []string {
 	case 0:
 		return nil
 	case 1:
-		return []string{o.Value}
+		return []string{o.Arg}
 	}
-	return strings.Fields(o.Value)
+	return strings.Fields(o.Arg)
 }
 
 // Match is an iptables match module ("-m tcp --dport 80") with its options.

@@ -56,21 +56,21 @@ func TestParseIptablesRuleFields(t *testing.T) {
 		t.Fatalf("KUBE-SVC chain %+v", svc)
 	}
 	r := svc.Rules[0]
-	want := []Option{{Name: "s", Negated: true, n: 1, Value: "198.18.0.0/16"}, {Name: "d", n: 1, Value: "198.19.0.20/32"}, {Name: "p", n: 1, Value: "tcp"}}
+	want := []Option{{Name: "s", Negated: true, n: 1, Arg: "198.18.0.0/16"}, {Name: "d", n: 1, Arg: "198.19.0.20/32"}, {Name: "p", n: 1, Arg: "tcp"}}
 	if !reflect.DeepEqual(r.Basic, want) {
 		t.Errorf("basic %+v", r.Basic)
 	}
 	if r.Comment != "default/web:http cluster IP" || r.Target != "KUBE-MARK-MASQ" || r.Goto || r.Position != 1 {
 		t.Errorf("rule %+v", r)
 	}
-	if o, ok := r.MatchOption("tcp", "dport"); !ok || o.Value != "80" {
+	if o, ok := r.MatchOption("tcp", "dport"); !ok || o.Arg != "80" {
 		t.Errorf("dport %+v", o)
 	}
-	if o, ok := svc.Rules[1].MatchOption("statistic", "probability"); !ok || o.Value != "0.33333333349" {
+	if o, ok := svc.Rules[1].MatchOption("statistic", "probability"); !ok || o.Arg != "0.33333333349" {
 		t.Errorf("probability %+v", o)
 	}
 	sep := nat.Chain("KUBE-SEP-3WZ2UQZKLTDOGBTF").Rules[1]
-	if o, ok := sep.TargetOption("to-destination"); !ok || o.Value != "198.18.1.10:8080" || sep.Target != "DNAT" {
+	if o, ok := sep.TargetOption("to-destination"); !ok || o.Arg != "198.18.1.10:8080" || sep.Target != "DNAT" {
 		t.Errorf("DNAT %+v", sep)
 	}
 	if got := len(rs.RulesByTarget("KUBE-SVC-*")); got != 4 {
@@ -121,15 +121,15 @@ func TestParseIptablesSyntax(t *testing.T) {
 			}},
 		{"implicit protocol match", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n",
 			func(rs *Ruleset) string {
-				if o, ok := rs.Rules(nil)[0].MatchOption("tcp", "dport"); !ok || o.Value != "22" {
+				if o, ok := rs.Rules(nil)[0].MatchOption("tcp", "dport"); !ok || o.Arg != "22" {
 					return "no implicit tcp match"
 				}
 				return ""
 			}},
 		{"long options", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT --source 10.0.0.0/255.0.0.0 --protocol udp -j DROP\nCOMMIT\n",
 			func(rs *Ruleset) string {
-				if o, _ := rs.Rules(nil)[0].MatchOption("", "s"); o.Value != "10.0.0.0/255.0.0.0" {
-					return "source " + o.Value
+				if o, _ := rs.Rules(nil)[0].MatchOption("", "s"); o.Arg != "10.0.0.0/255.0.0.0" {
+					return "source " + o.Arg
 				}
 				return ""
 			}},
