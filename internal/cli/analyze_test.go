@@ -88,7 +88,7 @@ func TestAnalyzeFixtures(t *testing.T) {
 		{"ip_forward off", []string{"analyze", fixture("flannel-ip-forward-disabled")}, 1,
 			[]string{"✗ 1 critical on node-1", "[critical] ip-forward-disabled  node-1: IPv4 forwarding is off", "      sysctl net.ipv4.ip_forward = 0", "    fix: sysctl -w net.ipv4.ip_forward=1"}},
 		{"drops since boot are a note", []string{"analyze", fixture("flannel-nic-queue-drops")}, 0, []string{"[info]", "nic-queue-drops"}},
-		{"drops rising", []string{"analyze", fixture("flannel-nic-queue-drops"), "--before", fixture("flannel-clean")}, 1, []string{"[warning] nic-queue-drops", "eth9: rx_dropped 5"}},
+		{"drops rising", []string{"analyze", fixture("flannel-nic-queue-drops"), "--before", fixture("flannel-clean")}, 1, []string{"[warning]  nic-queue-drops", "eth9: rx_dropped 5"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
