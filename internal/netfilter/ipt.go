@@ -1007,11 +1007,9 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 		if c := tb.Chain(r.Target); c != nil {
 			ir.kind = tJump
 			ir.jump = c
-			if r.Goto {
-				ir.action = "goto " + r.Target
-			} else {
-				ir.action = "jump " + r.Target
-			}
+			// the action text ("jump X") is made when an outcome is
+			// reported: a dump of 100,000 jumps need not hold them all
+			ir.action = ""
 			return nil
 		}
 		if strings.ToUpper(r.Target) != r.Target {
@@ -1021,6 +1019,14 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 		ir.iptExtra = &iptExtra{reason: "unsupported target -j " + r.Target}
 	}
 	return nil
+}
+
+// jumpAction is the action text of a jump or goto rule.
+func jumpAction(r *Rule) string {
+	if r.Goto {
+		return "goto " + r.Target
+	}
+	return "jump " + r.Target
 }
 
 func optsText(os []Option) string {
@@ -1148,7 +1154,12 @@ func (t *tracer) iptApply(rs *Ruleset, st *tstate, c *Chain, i, depth int, note 
 func (t *tracer) iptTarget(rs *Ruleset, st *tstate, c *Chain, i, depth int, note string) ([]branch, bool) {
 	r := c.Rules[i]
 	ir := &r.ipt
-	hit := func(action string) { st.hit(rs, c, r.Position, r.Text, action+note) }
+	hit := func(action string) {
+		if action == "" && note != "" {
+			action = jumpAction(r)
+		}
+		st.hit(rs, c, r.Position, r.Text, action+note)
+	}
 	switch ir.kind {
 	case tNone, tContinue:
 		hit(ir.action)

@@ -39,13 +39,20 @@ func iptErr(line int, format string, a ...any) error {
 //
 // Equivalent to reading `iptables-save` / `ip6tables-save` output.
 func ParseIptablesSave(data []byte) (*Ruleset, error) {
+	// one string for the whole input: rule texts and option values are
+	// substrings of it, not copies
+	return ParseIptablesSaveString(string(data))
+}
+
+// ParseIptablesSaveString is ParseIptablesSave for input already held as
+// a string (facts.NodeSnapshot keeps dumps as strings): it does not copy
+// the input; rule texts and option values are substrings of it.
+func ParseIptablesSaveString(text string) (*Ruleset, error) {
 	rs := &Ruleset{Backend: BackendIptables}
 	var cur *Table
 	lineNo := 0
-	// one string for the whole input: rule texts and option values are
-	// substrings of it, not copies
-	text := string(data)
 	var scratch []iptToken
+	var last *Chain // rules of a chain come in a row: skip the map lookup
 	for len(text) > 0 {
 		lineNo++
 		var line string
@@ -102,7 +109,11 @@ func ParseIptablesSave(data []byte) (*Ruleset, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := cur.Chain(chainName)
+		c := last
+		if c == nil || c.Name != chainName || c.table != cur {
+			c = cur.Chain(chainName)
+			last = c
+		}
 		if c == nil {
 			return nil, iptErr(lineNo, "rule appends to undeclared chain %q in table %s", chainName, cur.Name)
 		}
@@ -315,7 +326,7 @@ func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error
 			nOther++
 		}
 	}
-	backing := make([]Option, nBasic+nOther+1) // +1: a possible implicit match
+	backing := make([]Option, nBasic+nOther)
 	bi, oi := 0, nBasic
 	if nMatch > 0 {
 		r.Matches = make([]Match, 0, nMatch)

@@ -532,12 +532,16 @@ func (st *tstate) hit(rs *Ruleset, c *Chain, pos int, _ string, action string) {
 func expandHits(recs []hitRec) []Hit {
 	hits := make([]Hit, len(recs))
 	for i, h := range recs {
-		text := policyText(h.c.Policy)
+		text, action := policyText(h.c.Policy), h.action
 		if h.pos > 0 && int(h.pos) <= len(h.c.Rules) {
-			text = h.c.Rules[h.pos-1].Text
+			r := h.c.Rules[h.pos-1]
+			text = r.Text
+			if action == "" {
+				action = jumpAction(r)
+			}
 		}
 		hits[i] = Hit{Backend: h.rs.Backend, Source: h.rs.Source, Family: h.c.table.Family, Hook: hookNames[h.hook],
-			Table: h.c.table.Name, Chain: h.c.Name, Position: int(h.pos), Text: text, Action: h.action}
+			Table: h.c.table.Name, Chain: h.c.Name, Position: int(h.pos), Text: text, Action: action}
 	}
 	return hits
 }
