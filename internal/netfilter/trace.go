@@ -248,9 +248,11 @@ func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, erro
 	if n, ok := protoNum(pkt.Proto); ok {
 		t.pn = uint32(n)
 	}
-	t.local = make(map[netip.Addr]bool, len(env.LocalAddrs))
-	for _, a := range env.LocalAddrs {
-		t.local[a.Unmap()] = true
+	if len(env.LocalAddrs) > 16 {
+		t.local = make(map[netip.Addr]bool, len(env.LocalAddrs))
+		for _, a := range env.LocalAddrs {
+			t.local[a.Unmap()] = true
+		}
 	}
 	st := &tstate{pkt: pkt, orig: pkt, prob: 1, hits: make([]hitRec, 0, 16), hooks: make([]string, 0, 3)}
 	var out []Outcome
@@ -358,7 +360,8 @@ const maxBranches = 1 << 14
 
 type tracer struct {
 	pn       uint32 // the packet's protocol number
-	bcCache  map[string][]baseChain
+	bcCache  [5][]baseChain // by hook (the packet's family is fixed)
+	bcDone   [5]bool
 	branches int
 	rulesets []*Ruleset
 	env      *Env
@@ -367,7 +370,18 @@ type tracer struct {
 
 func (t *tracer) isLocal(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.IsLoopback() || t.local[a]
+	if a.IsLoopback() {
+		return true
+	}
+	if t.local != nil {
+		return t.local[a]
+	}
+	for _, l := range t.env.LocalAddrs {
+		if l.Unmap() == a {
+			return true
+		}
+	}
+	return false
 }
 
 // baseChain is a chain attached to a hook.
@@ -392,12 +406,9 @@ func familyOK(tableFamily string, v4 bool) bool {
 }
 
 func (t *tracer) baseChains(hook string, v4 bool) []baseChain {
-	key := hook
-	if !v4 {
-		key += "6"
-	}
-	if bcs, ok := t.bcCache[key]; ok {
-		return bcs
+	key := hookIndex(hook)
+	if t.bcDone[key] {
+		return t.bcCache[key]
 	}
 	var bcs []baseChain
 	for _, rs := range t.rulesets {
@@ -411,10 +422,7 @@ func (t *tracer) baseChains(hook string, v4 bool) []baseChain {
 		}
 	}
 	sort.SliceStable(bcs, func(i, j int) bool { return bcs[i].prio < bcs[j].prio })
-	if t.bcCache == nil {
-		t.bcCache = map[string][]baseChain{}
-	}
-	t.bcCache[key] = bcs
+	t.bcCache[key], t.bcDone[key] = bcs, true
 	return bcs
 }
 
