@@ -24,7 +24,7 @@ func openFixture(t testing.TB, name string) *os.File {
 // listener on 198.18.5.1:8080 with one established and one closed (TIME_WAIT)
 // connection, an IPv6 listener on [::1]:9090 with one connection, UDP
 // sockets on 0.0.0.0:8472 and [::]:5353 and a connected UDP socket to
-// 198.18.5.1:53 (see the test's testdata README line in TestParseProcNetSockets).
+// 198.18.5.1:53 (testdata/README.md says how they were captured).
 func TestParseProcNetSockets(t *testing.T) {
 	tests := []struct {
 		file, proto string
