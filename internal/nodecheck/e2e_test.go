@@ -139,6 +139,13 @@ func TestNodeCheckEndToEnd(t *testing.T) {
 			inject: sh("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"), heal: sh("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")},
 		{name: "forward-policy-drop", want: "forward-policy-drop", broken: true,
 			inject: sh("iptables", "-P", "FORWARD", "DROP"), heal: sh("iptables", "-P", "FORWARD", "ACCEPT")},
+		{name: "forward-policy-drop-nft", want: "forward-policy-drop", broken: true,
+			inject: func(t *testing.T) {
+				mustRunIn(t, nodeNS, "nft", "add", "table", "inet", "ndtfw")
+				mustRunIn(t, nodeNS, "nft", "add", "chain", "inet", "ndtfw", "podfwd", "{ type filter hook forward priority 10 ; policy drop ; }")
+				mustRunIn(t, nodeNS, "nft", "add", "rule", "inet", "ndtfw", "podfwd", "ct", "state", "established,related", "accept")
+			},
+			heal: sh("nft", "delete", "table", "inet", "ndtfw")},
 		{name: "overlay-port-blocked", want: "overlay-port-blocked", broken: true,
 			inject: sh("iptables", "-A", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"),
 			heal:   sh("iptables", "-D", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP")},

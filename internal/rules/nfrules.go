@@ -299,7 +299,11 @@ func runOverlayPortBlocked(in *Input) Result {
 					ev = append(ev, "overlay: "+FormatLink(t.Overlay))
 					fix := "remove or narrow the rule that drops it"
 					if last.Position > 0 {
-						fix = fmt.Sprintf("delete the rule: `iptables -t %s -D %s %d` (or its nft equivalent), or insert an accept before it: `iptables -I %s -p udp --dport %d -s <node network> -j ACCEPT`", last.Table, last.Chain, last.Position, last.Chain, port)
+						ipt := "iptables"
+						if last.Source == "iptables-legacy" {
+							ipt = "iptables-legacy"
+						}
+						fix = fmt.Sprintf("delete the rule: `%s -t %s -D %s %d`, or insert an accept before it: `%s -I %s -p udp --dport %d -s <node network> -j ACCEPT`", ipt, last.Table, last.Chain, last.Position, ipt, last.Chain, port)
 						if strings.EqualFold(last.Backend, netfilter.BackendNftables) {
 							fix = fmt.Sprintf("delete the rule from nftables chain %s %s (nft -a list chain ... then nft delete rule ... handle N), or accept udp dport %d from the node network before it", last.Table, last.Chain, port)
 						}
