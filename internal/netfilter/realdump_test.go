@@ -62,3 +62,43 @@ func TestRealKubeProxyServicesAgree(t *testing.T) {
 		t.Fatalf("fingerprints differ between modes:\niptables %v\nnftables %v", fp(ipt), fp(nft))
 	}
 }
+
+// TestRealKubeProxyDumpsCases traces the other service paths through both
+// real dumps; no outcome may be unknown.
+func TestRealKubeProxyDumpsCases(t *testing.T) {
+	env := Env{
+		LocalAddrs: []netip.Addr{addr("198.18.0.12"), addr("198.18.128.1")},
+		IfaceAddrs: map[string][]netip.Addr{"eth0": {addr("198.18.0.12")}, "cni0": {addr("198.18.128.1")}},
+	}
+	for _, name := range []string{"kube-proxy-iptables.save", "kube-proxy-nftables.json"} {
+		rs := loadRuleset(t, name)
+		for _, tc := range []struct {
+			name string
+			pkt  Packet
+			want []string
+		}{
+			{"NodePort from another node is DNATed and masqueraded",
+				Packet{Src: addr("198.18.0.13"), Dst: addr("198.18.0.12"), Proto: "tcp", SrcPort: 40000, DstPort: 30080, InIface: "eth0", OutIface: "eth0"},
+				[]string{"accept 198.18.0.12:40000>198.18.128.20:8080 p=1.000"}},
+			{"service without endpoints is rejected",
+				Packet{Src: addr("198.18.128.5"), Dst: addr("198.19.0.82"), Proto: "tcp", SrcPort: 40000, DstPort: 80, InIface: "cni0", OutIface: "eth0"},
+				[]string{"reject 198.18.128.5:40000>198.19.0.82:80 p=1.000"}},
+			{"ClusterIP from outside the cluster CIDR is masqueraded",
+				Packet{Src: addr("198.18.0.13"), Dst: addr("198.19.0.1"), Proto: "tcp", SrcPort: 40000, DstPort: 443, InIface: "eth0", OutIface: "eth0"},
+				[]string{"accept 198.18.0.12:40000>198.18.0.2:6443 p=1.000"}},
+		} {
+			t.Run(name+"/"+tc.name, func(t *testing.T) {
+				outs, err := Trace([]*Ruleset{rs}, tc.pkt, FlowInbound, env)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := summaries(outs); !reflect.DeepEqual(got, tc.want) {
+					t.Errorf("got %q, want %q", got, tc.want)
+					for _, o := range outs {
+						t.Logf("%s: %s\n%s", o.Verdict, o.Reason, hitActions(o))
+					}
+				}
+			})
+		}
+	}
+}
