@@ -106,11 +106,12 @@ type PointStats struct {
 	Point        Point  `json:"point"`
 	Label        string `json:"label"`
 	LinkType     string `json:"linkType"`
-	Captured     uint64 `json:"captured"`     // packets read from the ring
-	Written      uint64 `json:"written"`      // packets kept (file / display)
-	KernelSeen   uint64 `json:"kernelSeen"`   // packets the filter accepted (PACKET_STATISTICS tp_packets)
-	KernelDrops  uint64 `json:"kernelDrops"`  // dropped because the ring was full (tp_drops)
-	QueueFreezes uint64 `json:"queueFreezes"` // TPACKET_V3 ring freezes
+	Compiler     string `json:"filterCompiler"` // builtin or tcpdump
+	Captured     uint64 `json:"captured"`       // packets read from the ring
+	Written      uint64 `json:"written"`        // packets kept (file / display)
+	KernelSeen   uint64 `json:"kernelSeen"`     // packets the filter accepted (PACKET_STATISTICS tp_packets)
+	KernelDrops  uint64 `json:"kernelDrops"`    // dropped because the ring was full (tp_drops)
+	QueueFreezes uint64 `json:"queueFreezes"`   // TPACKET_V3 ring freezes
 }
 
 // Result summarises a finished capture.
@@ -246,7 +247,8 @@ func openPoint(ctx context.Context, p Point, cfg Config) (*handle, error) {
 	if err != nil {
 		return nil, err
 	}
-	prog, err := CompileFilter(ctx, cfg.Filter, h.lt, cfg.Snaplen)
+	prog, by, err := CompileFilter(ctx, cfg.Filter, h.lt, cfg.Snaplen)
+	h.stats.Compiler = by
 	if err != nil {
 		h.tp.Close()
 		return nil, err
@@ -259,7 +261,7 @@ func openPoint(ctx context.Context, p Point, cfg Config) (*handle, error) {
 	// filtered: read skips everything stamped before this instant.
 	h.attached = time.Now()
 	_, _, _ = h.tp.SocketStats()
-	h.stats = PointStats{Point: p, Label: p.Label(), LinkType: h.lt.String()}
+	h.stats = PointStats{Point: p, Label: p.Label(), LinkType: h.lt.String(), Compiler: by}
 	return h, nil
 }
 

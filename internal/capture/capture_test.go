@@ -73,17 +73,23 @@ func TestCompileFilter(t *testing.T) {
 	tests := []struct {
 		expr    string
 		wantErr error
+		by      string
 	}{
-		{"udp port 9999", nil},
-		{"tcp[tcpflags] & tcp-syn != 0 and not port 22", nil},
-		{"", nil},
-		{"udp port (", ErrBadFilter},
-		{"hots 198.18.0.1", ErrBadFilter},
+		{"udp port 9999", nil, CompilerBuiltin},
+		{"tcp[tcpflags] & tcp-syn != 0 and not port 22", nil, CompilerBuiltin},
+		{"", nil, CompilerBuiltin},
+		{"vlan and udp", nil, CompilerTcpdump},                 // outside the built-in subset
+		{"ether host 02:00:00:00:00:01", nil, CompilerTcpdump}, // idem
+		{"udp port (", ErrBadFilter, ""},
+		{"hots 198.18.0.1", ErrBadFilter, ""},
 	}
 	for _, tt := range tests {
-		prog, err := CompileFilter(ctx, tt.expr, layers.LinkTypeEthernet, 256)
+		prog, by, err := CompileFilter(ctx, tt.expr, layers.LinkTypeEthernet, 256)
 		if !errors.Is(err, tt.wantErr) || (err == nil && len(prog) == 0) {
 			t.Errorf("CompileFilter(%q) = %d instructions, %v", tt.expr, len(prog), err)
+		}
+		if err == nil && by != tt.by {
+			t.Errorf("CompileFilter(%q) compiled by %s, want %s", tt.expr, by, tt.by)
 		}
 	}
 }

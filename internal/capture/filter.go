@@ -32,16 +32,43 @@ func dltName(lt layers.LinkType) (string, error) {
 	return "", fmt.Errorf("link type %v not supported for capture filters", lt)
 }
 
+// Compilers a filter can be compiled by.
+const (
+	CompilerBuiltin = "builtin" // netdoctor's own (compile.go)
+	CompilerTcpdump = "tcpdump" // libpcap's, through `tcpdump -ddd`
+)
+
 // CompileFilter compiles a tcpdump filter expression to classic BPF for the
-// given link type, with snaplen as the accepted packets' capture length.
-// The expression is compiled by `tcpdump -ddd` (libpcap's compiler), run as
-// a program with the expression as one argument, never through a shell; no
-// packet is captured by it. An empty expression accepts everything without
-// needing tcpdump.
-func CompileFilter(ctx context.Context, expr string, lt layers.LinkType, snaplen int) ([]bpf.RawInstruction, error) {
+// given link type, with snaplen as the accepted packets' capture length, and
+// says which compiler did it. netdoctor's own compiler handles the common
+// subset (see compile.go) with nothing installed; anything else is compiled
+// by `tcpdump -ddd` (libpcap's compiler; the expression is one argument,
+// never through a shell, and nothing is captured by it). When the built-in
+// compiler rejects an expression and tcpdump is installed, tcpdump has the
+// last word, so libpcap syntax netdoctor does not know still works.
+func CompileFilter(ctx context.Context, expr string, lt layers.LinkType, snaplen int) ([]bpf.RawInstruction, string, error) {
 	if strings.TrimSpace(expr) == "" {
-		return []bpf.RawInstruction{{Op: 0x06, K: uint32(snaplen)}}, nil // ret #snaplen
+		return []bpf.RawInstruction{{Op: 0x06, K: uint32(snaplen)}}, CompilerBuiltin, nil // ret #snaplen
 	}
+	prog, err := CompileBuiltin(expr, lt, snaplen)
+	if err == nil {
+		return prog, CompilerBuiltin, nil
+	}
+	ref, terr := compileTcpdump(ctx, expr, lt, snaplen)
+	if terr == nil {
+		return ref, CompilerTcpdump, nil
+	}
+	if errors.Is(terr, command.ErrNotFound) {
+		if errors.Is(err, ErrBadFilter) {
+			return nil, "", err
+		}
+		return nil, "", fmt.Errorf("compile filter %q: %w, and %w", expr, err, terr)
+	}
+	return nil, "", terr
+}
+
+// compileTcpdump compiles with libpcap's compiler through `tcpdump -ddd`.
+func compileTcpdump(ctx context.Context, expr string, lt layers.LinkType, snaplen int) ([]bpf.RawInstruction, error) {
 	dlt, err := dltName(lt)
 	if err != nil {
 		return nil, err
