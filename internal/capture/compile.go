@@ -196,15 +196,15 @@ var keywords = map[string]bool{"and": true, "or": true, "not": true, "src": true
 var typeWords = map[string]bool{"host": true, "net": true, "port": true, "portrange": true}
 
 func (p *parser) unary() (node, error) {
-	switch t := p.peek(); {
-	case t == "not" || t == "!":
+	switch p.peek() {
+	case "not", "!":
 		p.next()
 		a, err := p.unary()
 		if err != nil {
 			return nil, err
 		}
 		return notNode{a}, nil
-	case t == "":
+	case "":
 		return nil, errors.New("expression ends too early")
 	}
 	if p.peek() == "(" {
@@ -960,14 +960,14 @@ func CompileBuiltin(expr string, lt layers.LinkType, snaplen int) ([]bpf.RawInst
 		if errors.Is(err, errUnsupported) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w %q: %v", ErrBadFilter, expr, err)
+		return nil, fmt.Errorf("%w %q: %w", ErrBadFilter, expr, err)
 	}
 	c, err := g.compile(n)
 	if err != nil {
 		if errors.Is(err, errUnsupported) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w %q: %v", ErrBadFilter, expr, err)
+		return nil, fmt.Errorf("%w %q: %w", ErrBadFilter, expr, err)
 	}
 	return g.assemble(c, snaplen)
 }
