@@ -306,7 +306,11 @@ func printVerify(ctx context.Context, w io.Writer, l *lab.Lab, f faults.Fault, n
 		if !r.OK {
 			state = "fails: " + r.Err
 		}
-		fmt.Fprintf(w, "  %s %-34s %s -> %s %s\n", mark, r.Check.String(), r.From, r.To, state)
+		label := r.Check.String()
+		if !injected { // after healing everything must work
+			label = label[:strings.LastIndex(label, ":")] + ": works"
+		}
+		fmt.Fprintf(w, "  %s %-34s %s -> %s %s\n", mark, label, r.From, r.To, state)
 	}
 	if bad > 0 {
 		return fmt.Errorf("%d checks of %s did not behave as the catalog says", bad, f.ID)

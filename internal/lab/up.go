@@ -40,6 +40,8 @@ type Lab struct {
 	State  *State
 	CP     *controlplane.ControlPlane
 	Client kubernetes.Interface
+
+	progress func(string) // reports what WaitReady still waits for, when it changes
 }
 
 // CPStateDir is the control plane's state directory inside the lab's.
@@ -134,21 +136,32 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 			return nil, err
 		}
 	}
-	say("add-ons: kube-proxy (%s mode), CoreDNS at %s", c.ProxyMode, c.ClusterDNSIP())
+	say("add-on: kube-proxy (%s mode)", c.ProxyMode)
 	if err := controlplane.Apply(ctx, client, cp.KubeProxyManifests(c.ProxyMode)); err != nil {
 		return nil, fmt.Errorf("apply kube-proxy: %w", err)
-	}
-	if err := controlplane.Apply(ctx, client, controlplane.CoreDNSManifests(c.ClusterDNSIP().String(), c.DNSIP().String())); err != nil {
-		return nil, fmt.Errorf("apply CoreDNS: %w", err)
 	}
 	say("sample workloads: web Deployment + Service in %s", strings.Join(SampleNamespaces, ", "))
 	if err := ApplySamples(ctx, client, c.Nodes); err != nil {
 		return nil, err
 	}
 	l = &Lab{State: st, CP: cp, Client: client}
+	// CoreDNS reaches the API server through the kubernetes Service: start it once kube-proxy
+	// serves that Service on every node, as in a real cluster where CoreDNS waits for the
+	// network add-on (otherwise client-go's back-off delays its readiness by half a minute).
+	kctx, kcancel := context.WithTimeout(ctx, o.ReadyTimeout)
+	err = l.waitServiceRules(kctx, apiServiceIP(c))
+	kcancel()
+	if err != nil {
+		return nil, err
+	}
+	say("add-on: CoreDNS at %s", c.ClusterDNSIP())
+	if err := controlplane.Apply(ctx, client, controlplane.CoreDNSManifests(c.ClusterDNSIP().String(), c.DNSIP().String())); err != nil {
+		return nil, fmt.Errorf("apply CoreDNS: %w", err)
+	}
 	say("waiting for nodes, pods and kube-proxy rules")
 	wctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
 	defer cancel()
+	l.progress = func(why string) { say("  waiting: %s", why) }
 	if err := l.WaitReady(wctx); err != nil {
 		return nil, err
 	}
@@ -274,6 +287,9 @@ func (l *Lab) WaitReady(ctx context.Context) error {
 		}
 		if err != nil {
 			why = err.Error()
+		}
+		if why != last && l.progress != nil {
+			l.progress(why)
 		}
 		last = why
 		select {
@@ -426,4 +442,30 @@ func overlayRoutes(netnsName string) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// apiServiceIP is the kubernetes Service's ClusterIP: the first address of the service CIDR.
+func apiServiceIP(c Config) string { return c.ServiceCIDR.Addr().Next().String() }
+
+// waitServiceRules waits until kube-proxy on every node has a rule for ip.
+func (l *Lab) waitServiceRules(ctx context.Context, ip string) error {
+	c := l.State.Config
+	for {
+		missing := ""
+		for _, n := range l.State.Nodes {
+			rules, err := ProxyRules(ctx, n.Netns, c.ProxyMode)
+			if err != nil || !strings.Contains(rules, ip) {
+				missing = n.Name
+				break
+			}
+		}
+		if missing == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kube-proxy on %s never programmed the kubernetes Service %s: %w", missing, ip, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -231,19 +232,42 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	cp.ComponentStartup = map[string]time.Duration{"pki": time.Since(t0)}
-	for _, comp := range Components {
+	var mu sync.Mutex
+	// etcd, then the API server (until its default namespaces exist), then the
+	// controller-manager and the scheduler together: both only need the API server.
+	for _, stage := range [][]string{{Etcd}, {APIServer}, {ControllerManager, Scheduler}} {
 		t0 := time.Now()
-		if err := cp.startComponent(ctx, comp); err != nil {
-			_ = cp.Stop()
-			return nil, err
-		}
-		if comp == APIServer {
-			if err := cp.waitNamespaces(ctx, "default", "kube-system"); err != nil {
+		infos := make([]*proc.Info, len(stage))
+		for i, comp := range stage {
+			info, err := cp.launch(comp)
+			if err != nil {
 				_ = cp.Stop()
 				return nil, err
 			}
+			infos[i] = info
 		}
-		cp.ComponentStartup[comp] = time.Since(t0)
+		errs := make([]error, len(stage))
+		var wg sync.WaitGroup
+		for i, comp := range stage {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = cp.waitHealthyLogged(ctx, comp, infos[i])
+				if errs[i] == nil && comp == APIServer {
+					errs[i] = cp.waitNamespaces(ctx, "default", "kube-system")
+				}
+				if errs[i] == nil {
+					mu.Lock()
+					cp.ComponentStartup[comp] = time.Since(t0)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			_ = cp.Stop()
+			return nil, err
+		}
 	}
 	cp.StartupTime = time.Since(begin)
 	if err := cp.save(); err != nil {
@@ -472,9 +496,18 @@ func MergeArgs(base, extra []string) []string {
 }
 
 func (cp *ControlPlane) startComponent(ctx context.Context, component string) error {
-	base, err := cp.Args(component)
+	info, err := cp.launch(component)
 	if err != nil {
 		return err
+	}
+	return cp.waitHealthyLogged(ctx, component, info)
+}
+
+// launch starts component's process with its flags and extra arguments and records it.
+func (cp *ControlPlane) launch(component string) (*proc.Info, error) {
+	base, err := cp.Args(component)
+	if err != nil {
+		return nil, err
 	}
 	args := MergeArgs(base, cp.ExtraArgs[component])
 	info, err := proc.Start(proc.Spec{
@@ -487,9 +520,14 @@ func (cp *ControlPlane) startComponent(ctx context.Context, component string) er
 		StateFile: cp.procFile(component),
 	})
 	if err != nil {
-		return fmt.Errorf("start %s: %w", component, err)
+		return nil, fmt.Errorf("start %s: %w", component, err)
 	}
 	cp.setProc(*info)
+	return info, nil
+}
+
+// waitHealthyLogged is waitHealthy with the end of the component's log in the error.
+func (cp *ControlPlane) waitHealthyLogged(ctx context.Context, component string, info *proc.Info) error {
 	if err := cp.waitHealthy(ctx, component, info); err != nil {
 		return fmt.Errorf("%s did not become healthy: %w\n--- last lines of %s:\n%s", component, err, info.LogFile, tail(info.LogFile, 15))
 	}
