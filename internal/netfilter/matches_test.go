@@ -75,3 +75,60 @@ func TestIptablesMatches(t *testing.T) {
 		})
 	}
 }
+
+// TestNftMatches checks nftables expressions one rule each on the captured
+// matches fixture (inet table, input policy drop).
+func TestNftMatches(t *testing.T) {
+	rs := loadRuleset(t, "matches-nftables.json")
+	env := nodeEnv(t)
+	in := func(dport uint16) Packet {
+		return Packet{Src: addr("198.19.1.15"), Dst: addr("198.19.255.1"), Proto: "tcp", SrcPort: 40000, DstPort: dport, InIface: "eth0"}
+	}
+	with := func(p Packet, f func(*Packet)) Packet { f(&p); return p }
+	for _, tc := range []struct {
+		name    string
+		pkt     Packet
+		verdict Verdict
+		pos     int
+		reason  string
+	}{
+		{"tcp flags & (syn|ack) == syn", in(3001), VerdictAccept, 1, ""},
+		{"tcp flags & (syn|ack) == syn with an ACK", with(in(3001), func(p *Packet) { p.TCPFlags = TCPAck }), VerdictDrop, 0, ""},
+		{"tcp flags syn", in(3002), VerdictAccept, 2, ""},
+		{"anonymous set of protocols", with(in(3003), func(p *Packet) { p.Proto = "udp" }), VerdictAccept, 3, ""},
+		{"meta nfproto ipv6 on IPv4", in(3004), VerdictDrop, 0, ""},
+		{"meta nfproto ipv6 on IPv6", with(in(3004), func(p *Packet) { p.Src, p.Dst = addr("fd00:198:19:1::15"), addr("fd00:198:19:ff::1") }), VerdictAccept, 4, ""},
+		{"anonymous concatenated set", in(3005), VerdictAccept, 5, ""},
+		{"anonymous concatenated set, other port", with(in(3005), func(p *Packet) { p.SrcPort = 40001 }), VerdictDrop, 0, ""},
+		{"fib daddr . iif type local", in(3006), VerdictAccept, 6, ""},
+		{"fib daddr . iif: address of another interface", with(in(3006), func(p *Packet) { p.Dst = addr("198.18.1.1") }), VerdictDrop, 0, ""},
+		{"limit rate over does not match one packet, limit rate does", in(3007), VerdictAccept, 8, ""},
+		{"ct original ip daddr", in(3008), VerdictAccept, 9, ""},
+		{"ct state != { established, related }", in(3009), VerdictAccept, 10, ""},
+		{"ct state != { established, related } established", with(in(3009), func(p *Packet) { p.CTState = CTEstablished }), VerdictDrop, 0, ""},
+		{"fib oif needs routes", in(3010), VerdictUnknown, 11, "fib saddr . iif oif"},
+		{"quota is not traced", in(3011), VerdictUnknown, 13, "unsupported nftables statement quota"},
+		{"meta pkttype host", in(3012), VerdictAccept, 14, ""},
+		{"!= prefix", with(in(3013), func(p *Packet) { p.Src = addr("198.19.2.1") }), VerdictAccept, 15, ""},
+		{"!= prefix inside", in(3013), VerdictDrop, 0, ""},
+		{"port range", with(in(3014), func(p *Packet) { p.SrcPort = 40000 }), VerdictAccept, 16, ""},
+		{"icmpv6 type by name", Packet{Src: addr("fd00:198:19:1::15"), Dst: addr("fd00:198:19:ff::1"), Proto: "icmpv6", ICMPType: 128, InIface: "eth0"}, VerdictAccept, 17, ""},
+		{"jhash is not traced", in(3015), VerdictUnknown, 18, "unsupported nftables expression"},
+		{"meta mark set then continue", in(3016), VerdictAccept, 20, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			outs, err := Trace([]*Ruleset{rs}, tc.pkt, FlowInput, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(outs) != 1 {
+				t.Fatalf("%d outcomes", len(outs))
+			}
+			o := outs[0]
+			h := o.LastHit()
+			if o.Verdict != tc.verdict || h.Position != tc.pos || !strings.Contains(o.Reason, tc.reason) {
+				t.Errorf("got %s at #%d (%q), want %s at #%d (%q)\n%s", o.Verdict, h.Position, o.Reason, tc.verdict, tc.pos, tc.reason, hitActions(o))
+			}
+		})
+	}
+}
