@@ -387,7 +387,9 @@ Wireshark and tshark. Points:
   --iface DEV           device DEV in this namespace (or in the one --netns/--pid names, if one)
   --iface NETNS:DEV     device DEV in namespace NETNS (name, path or pid:N)
   --pod NS/NAME[:DEV]   the pod's device (default eth0), found through this node's CRI runtime
-The FILTER is tcpdump's syntax, compiled to BPF and run in the kernel. The capture
+The FILTER is tcpdump's syntax, compiled to BPF (by netdoctor itself for the common
+subset: protocols, host, net, port, portrange, less/greater, proto[off:size]
+comparisons; by tcpdump -ddd, if installed, for the rest) and run in the kernel. The capture
 stops at -c packets (all points together), after --duration, before the file
 would exceed --max-size (default 100 MiB), or at Ctrl-C. Without -w each packet is
 printed as a line.
