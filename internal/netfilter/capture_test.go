@@ -14,10 +14,9 @@ var capture = flag.Bool("capture", false, "regenerate testdata/*.save and *.json
 // fixtureCapture describes how one fixture is made: load sources with real
 // tools in a fresh netns, then save with the real dump tool.
 type fixtureCapture struct {
-	out   string
-	load  [][]string // commands, "SRC/" prefix = testdata/src path
-	save  []string
-	needs []string
+	out  string
+	load [][]string // commands, "SRC/" prefix = testdata/src path
+	save []string
 }
 
 var fixtureCaptures = []fixtureCapture{

@@ -14,11 +14,11 @@ func TestDstIndexKeepsOrder(t *testing.T) {
 	b.WriteString("*nat\n:PREROUTING ACCEPT [0:0]\n:X - [0:0]\n:HIT - [0:0]\n")
 	b.WriteString("-A PREROUTING -j X\n")
 	for i := 0; i < 40; i++ {
-		switch {
-		case i == 10 || i == 30:
+		switch i {
+		case 10, 30:
 			// a rule without -d inside the runs: never skipped
 			fmt.Fprintf(&b, "-A X -p udp -m udp --dport %d -j HIT\n", 1000+i)
-		case i == 20:
+		case 20:
 			// a prefix destination (not a single address) ends a run too
 			b.WriteString("-A X -d 198.19.0.0/24 -p tcp -m tcp --dport 9 -j HIT\n")
 		default:

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -102,10 +103,11 @@ func ParseNftJSON(data []byte) (*Ruleset, error) {
 		return 1 + bytes.Count(data[:off], []byte("\n"))
 	}
 	syntax := func(err error) error {
-		if se, ok := err.(*json.SyntaxError); ok {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
 			return nftErr(lineAt(se.Offset), "invalid JSON: %v", err)
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nftErr(lineAt(int64(len(data))), "unexpected end of input")
 		}
 		return nftErr(lineAt(dec.InputOffset()), "invalid JSON: %v", err)

@@ -359,7 +359,7 @@ func normalizePacket(p *Packet) error {
 const maxBranches = 1 << 14
 
 type tracer struct {
-	pn       uint32 // the packet's protocol number
+	pn       uint32         // the packet's protocol number
 	bcCache  [5][]baseChain // by hook (the packet's family is fixed)
 	bcDone   [5]bool
 	branches int
