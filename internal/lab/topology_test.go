@@ -3,9 +3,12 @@ package lab
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/netdoctor/netdoctor/internal/lab/proc"
 	"github.com/netdoctor/netdoctor/internal/namespace"
 	"github.com/netdoctor/netdoctor/internal/testutil"
 )
@@ -148,5 +151,43 @@ func TestBuildTopologyAndDown(t *testing.T) {
 	}
 	if _, err := Down(c.Name, c.StateRoot); err != nil {
 		t.Fatalf("second down not idempotent: %v", err)
+	}
+}
+
+// TestDownAfterCrash removes a lab whose state directory is gone (a crash, or a wiped /var/lib)
+// and whose process was never recorded: Down must find the namespaces by their prefix, the
+// process by its namespace, and the root link by its name.
+func TestDownAfterCrash(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireProgram(t, "sleep")
+	c := Config{Name: "tcrash", Nodes: 1, StateRoot: t.TempDir(), UnderlayCIDR: netip.MustParsePrefix("198.18.2.0/24")}.WithDefaults()
+	t.Cleanup(func() { _, _ = Down(c.Name, c.StateRoot) })
+	st := &State{Config: c}
+	if err := BuildTopology(c, st); err != nil {
+		t.Fatal(err)
+	}
+	info, err := proc.Start(proc.Spec{Name: "stray", Path: "sleep", Args: []string{"300"},
+		Netns: NetnsPath(c.NodeNetns(1)), LogFile: filepath.Join(t.TempDir(), "stray.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(c.StateDir()); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Down(c.Name, c.StateRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if proc.Alive(info) {
+		t.Fatalf("process %d in the node namespace survived", info.PID)
+	}
+	if len(rep.Stopped) != 1 || !strings.Contains(rep.Stopped[0], c.NodeNetns(1)) {
+		t.Errorf("stopped %v, want the stray process in %s", rep.Stopped, c.NodeNetns(1))
+	}
+	if left, _ := ListOwnedNetns(c.Name); len(left) != 0 {
+		t.Fatalf("namespaces left: %v", left)
+	}
+	if _, err := testutil.Run(t, "", "ip", "link", "show", RootLinkName(c.Name)); err == nil {
+		t.Fatal("root link left")
 	}
 }
