@@ -601,7 +601,7 @@ func BenchmarkCollect(b *testing.B) {
 		sections []string
 	}{
 		{"all", nil},
-		{"netlink", []string{SectionLinks, SectionAddresses, SectionRoutes, SectionRules, SectionNeighbors, SectionFDB}},
+		{"netlink", []string{SectionLinks, SectionAddresses, SectionRoutes, SectionRules, SectionNeighbors, SectionFDB, SectionQdiscs}},
 		{"procfs", []string{SectionSysctls, SectionConntrack, SectionSoftnet, SectionSockets}},
 		{"netfilter", []string{SectionNetfilter}},
 		{"ipvs", []string{SectionIPVS}},
