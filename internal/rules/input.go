@@ -414,6 +414,10 @@ func (t *Topology) findUplink(s *facts.NodeSnapshot) {
 			return
 		}
 	}
+	// The one interface with a global address outside the pod network.
+	if ups := t.Uplinks(); len(ups) == 1 {
+		t.Uplink = ups[0]
+	}
 }
 
 func (t *Topology) learnNodeIPs(s *facts.NodeSnapshot, h Hints) {

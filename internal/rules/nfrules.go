@@ -184,6 +184,12 @@ func overlayPorts(t *Topology) ([]uint16, string) {
 	case "geneve":
 		return []uint16{6081}, "Geneve"
 	case "wireguard":
+		switch {
+		case strings.HasPrefix(o.Name, "cilium"):
+			return []uint16{51871}, "WireGuard (Cilium)"
+		case strings.Contains(o.Name, "v6"):
+			return []uint16{51821}, "WireGuard (IPv6)"
+		}
 		return []uint16{51820}, "WireGuard"
 	}
 	return nil, ""
@@ -196,7 +202,7 @@ func runOverlayPortBlocked(in *Input) Result {
 	}
 	ports, kind := overlayPorts(t)
 	if len(ports) == 0 {
-		return Skip("overlay %s is %s, which carries no UDP port", t.Overlay.Name, t.Overlay.Type)
+		return Skip("overlay %s is %s (IP protocol %s, no UDP port): not traced", t.Overlay.Name, t.Overlay.Type, "4")
 	}
 	v := in.Netfilter()
 	if why, ok := v.Traceable(); !ok {

@@ -161,6 +161,9 @@ func runOverlaySource(in *Input) Result {
 	if o == nil || o.VXLAN == nil {
 		return Skip("no VXLAN overlay device on this node")
 	}
+	if o.VXLAN.VNI == 0 && o.VXLAN.Local == "" {
+		return Skip("%s is an external (collect-metadata) VXLAN device: its CNI sets the tunnel source per packet", o.Name)
+	}
 	if t.Uplink == nil {
 		return Skip("the uplink of %s is unknown (no underlying device, no route to a peer, no default route)", o.Name)
 	}
@@ -304,6 +307,21 @@ func runMTU(in *Input) Result {
 		if oh > 0 && o.MTU > t.Uplink.MTU-oh {
 			problems = append(problems, fmt.Sprintf("overlay %s mtu %d > uplink %s mtu %d - %d (%s) = %d", o.Name, o.MTU, t.Uplink.Name, t.Uplink.MTU, oh, label, t.Uplink.MTU-oh))
 			sev = finding.Critical
+		}
+	}
+	if o == nil && t.Uplink != nil {
+		// No overlay (host-gw, routed): pods send straight through the uplink.
+		hops = append(hops, fmt.Sprintf("uplink %s mtu %d", t.Uplink.Name, t.Uplink.MTU))
+		for _, v := range t.PodVeths {
+			if v.MTU > t.Uplink.MTU {
+				problems = append(problems, fmt.Sprintf("pod veth %s mtu %d > uplink %s mtu %d", v.Name, v.MTU, t.Uplink.Name, t.Uplink.MTU))
+			}
+		}
+		if t.PodBridge != nil && t.PodBridge.MTU > t.Uplink.MTU {
+			problems = append(problems, fmt.Sprintf("bridge %s mtu %d > uplink %s mtu %d", t.PodBridge.Name, t.PodBridge.MTU, t.Uplink.Name, t.Uplink.MTU))
+		}
+		if limitName == "" {
+			limitName = t.Uplink.Name
 		}
 	}
 	if len(problems) == 0 {

@@ -120,6 +120,14 @@ func runPodCIDROverlap(in *Input) Result {
 		if err != nil || seen[p] || !p.Addr().Is4() {
 			continue
 		}
+		if r.Protocol == "bird" || r.Protocol == "zebra" || r.Protocol == "bgp" {
+			continue // routing daemons of CNIs (Calico's BIRD): they are the pod routes
+		}
+		if !t.competesWithCNIRoute(p) {
+			// The only route for that range: the pod route itself (flannel
+			// host-gw, static routing), pod-route-missing judges it.
+			continue
+		}
 		subject := r.Link
 		if subject == "" {
 			subject = r.Dst
@@ -134,6 +142,20 @@ func runPodCIDROverlap(in *Input) Result {
 		return Pass("no host address or non-CNI route overlaps %s", strings.Join(ns, ", "))
 	}
 	return Result{Findings: fs}
+}
+
+// competesWithCNIRoute reports whether a route through a CNI device
+// overlaps p: only then does a non-CNI route for p conflict with pod routing.
+func (t *Topology) competesWithCNIRoute(p netip.Prefix) bool {
+	for _, r := range t.Main {
+		if r.Link == "" || !t.IsCNILink(r.Link) || r.Dst == "default" {
+			continue
+		}
+		if q, err := ParsePrefixOrAddr(r.Dst); err == nil && q.Overlaps(p) {
+			return true
+		}
+	}
+	return false
 }
 
 func runPodRouteMissing(in *Input) Result {

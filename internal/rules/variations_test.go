@@ -191,6 +191,25 @@ func TestRuleVariations(t *testing.T) {
 		}, want: []string{"overlay-fdb-missing", "pod-route-missing"}, inMsg: "peer's overlay address is 198.18.130.0"},
 		{name: "peer pod CIDR from a flag, no route", hints: &rules.Hints{PodCIDRs: []netip.Prefix{netip.MustParsePrefix(nodePodCIDR), netip.MustParsePrefix("198.18.140.0/24")}},
 			mutate: func(_ testing.TB, s *facts.NodeSnapshot) {}, want: []string{"pod-route-missing"}, inMsg: "flag --pod-cidr 198.18.140.0/24"},
+		{name: "peer pod route via the uplink instead of the overlay", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			for i := range s.Routes {
+				if s.Routes[i].Dst == peerPodCIDR {
+					s.Routes[i] = facts.Route{Table: 254, Type: "unicast", Dst: peerPodCIDR, Gateway: "198.18.0.2", Link: "eth0", Protocol: "boot", Family: 4}
+				}
+			}
+		}, want: []string{"pod-route-missing"}, inMsg: "leaves by eth0 instead of the overlay device flannel.1"},
+		{name: "a routing daemon's pod route is not an overlap", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			s.Routes = append(s.Routes, facts.Route{Table: 254, Type: "unicast", Dst: "198.18.131.0/26", Gateway: "198.18.0.3", Link: "eth0", Protocol: "bird", Family: 4})
+		}, checkID: "pod-cidr-overlap", status: finding.Pass},
+		{name: "external VXLAN device", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			l := linkNamed(s, "flannel.1")
+			l.VXLAN.VNI, l.VXLAN.Local = 0, ""
+		}, checkID: "overlay-source-mismatch", status: finding.Skipped},
+		{name: "no overlay: pod MTU above the uplink", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			s.Links = slices.DeleteFunc(s.Links, func(l facts.Link) bool { return l.Name == "flannel.1" })
+			linkNamed(s, "eth0").MTU = 1400
+			s.Flannel = nil
+		}, want: []string{"mtu-mismatch"}, inMsg: "pod veth vethpoda mtu 1450 > uplink eth0 mtu 1400"},
 		{name: "ip_forward off on a machine without pods is info", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
 			*s = facts.NodeSnapshot{Version: facts.NodeSnapshotVersion, Node: "node-1", Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}
 		}, hints: &rules.Hints{}, checkID: "ip-forward-disabled", status: finding.Fail},
