@@ -17,7 +17,9 @@ const (
 // Ruleset is one packet filter configuration of a node: the output of one
 // iptables-save, ip6tables-save or `nft -j list ruleset` run. A node may have
 // several at once (iptables-legacy, iptables-nft, native nftables) and every
-// one of them sees the packet.
+// one of them sees the packet. A Ruleset may be traced concurrently; it must
+// not be changed after its first Trace (filter tables before, or use
+// WithoutIptablesCompat, which returns a new Ruleset).
 type Ruleset struct {
 	// Backend is BackendIptables or BackendNftables.
 	Backend string

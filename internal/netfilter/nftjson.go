@@ -96,11 +96,19 @@ type nftObjSet struct {
 func ParseNftJSON(data []byte) (*Ruleset, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
+	// lineAt counts lines incrementally: objects are visited in order
+	var lastOff int64
+	lastLine := 1
 	lineAt := func(off int64) int {
 		if off > int64(len(data)) {
 			off = int64(len(data))
 		}
-		return 1 + bytes.Count(data[:off], []byte("\n"))
+		if off < lastOff {
+			lastOff, lastLine = 0, 1
+		}
+		lastLine += bytes.Count(data[lastOff:off], []byte("\n"))
+		lastOff = off
+		return lastLine
 	}
 	syntax := func(err error) error {
 		var se *json.SyntaxError
@@ -306,17 +314,21 @@ func nftPriority(raw json.RawMessage, family, hook string) (int, error) {
 }
 
 func oneKey(raw json.RawMessage) (string, json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
+	var key string
+	var val json.RawMessage
+	n := 0
+	ok := objFields(raw, func(k string, v json.RawMessage) bool {
+		n++
+		key, val = k, v
+		return n < 2
+	})
+	if !ok {
 		return "", nil, fmt.Errorf("expression %s: want an object", trunc(string(raw)))
 	}
-	if len(m) != 1 {
+	if n != 1 {
 		return "", nil, fmt.Errorf("expression %s: want exactly one key", trunc(string(raw)))
 	}
-	for k, v := range m {
-		return k, v, nil
-	}
-	return "", nil, nil
+	return key, val, nil
 }
 
 func stringOrList(raw json.RawMessage) []string {

@@ -35,9 +35,7 @@ func renderNft(raw json.RawMessage) string {
 	if err != nil {
 		return string(raw)
 	}
-	var obj map[string]json.RawMessage
-	_ = json.Unmarshal(v, &obj)
-	str := func(key string) string { return renderNft(obj[key]) }
+	str := func(key string) string { return renderNft(jsonField(v, key)) }
 	switch k {
 	case "payload":
 		if str("protocol") != "" {
@@ -108,7 +106,7 @@ func renderNft(raw json.RawMessage) string {
 	case "accept", "drop", "continue", "return", "queue":
 		return k
 	case "map":
-		return renderNft(obj["key"]) + " map " + renderNft(obj["data"])
+		return renderNft(jsonField(v, "key")) + " map " + renderNft(jsonField(v, "data"))
 	}
 	return k + " " + strings.TrimSpace(string(v))
 }
@@ -125,19 +123,17 @@ func renderHex(raw json.RawMessage) string {
 
 // renderStmt renders one rule statement.
 func renderStmt(kind string, raw json.RawMessage) string {
-	var obj map[string]json.RawMessage
-	_ = json.Unmarshal(raw, &obj)
-	str := func(key string) string { return renderNft(obj[key]) }
+	str := func(key string) string { return renderNft(jsonField(raw, key)) }
 	switch kind {
 	case "match":
 		left := str("left")
-		right := renderNft(obj["right"])
-		if bytes.HasPrefix(bytes.TrimSpace(obj["right"]), []byte("{")) && !bytes.Contains(obj["right"], []byte(`"set"`)) &&
-			!bytes.Contains(obj["right"], []byte(`"prefix"`)) && !bytes.Contains(obj["right"], []byte(`"range"`)) {
+		right := renderNft(jsonField(raw, "right"))
+		if bytes.HasPrefix(bytes.TrimSpace(jsonField(raw, "right")), []byte("{")) && !bytes.Contains(jsonField(raw, "right"), []byte(`"set"`)) &&
+			!bytes.Contains(jsonField(raw, "right"), []byte(`"prefix"`)) && !bytes.Contains(jsonField(raw, "right"), []byte(`"range"`)) {
 			right = "{ " + right + " }"
 		}
 		if isMarkLike(left) {
-			right = renderHex(obj["right"])
+			right = renderHex(jsonField(raw, "right"))
 		}
 		switch op := str("op"); op {
 		case "==", "in":
@@ -156,13 +152,13 @@ func renderStmt(kind string, raw json.RawMessage) string {
 		}
 		return "log"
 	case "mangle":
-		val := renderNft(obj["value"])
+		val := renderNft(jsonField(raw, "value"))
 		if isMarkLike(str("key")) {
-			val = renderHex(obj["value"])
+			val = renderHex(jsonField(raw, "value"))
 		}
 		return str("key") + " set " + val
 	case "vmap":
-		return str("key") + " vmap " + renderNft(obj["data"])
+		return str("key") + " vmap " + renderNft(jsonField(raw, "data"))
 	case "dnat", "snat":
 		s := kind
 		if f := str("family"); f != "" {
