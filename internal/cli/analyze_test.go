@@ -47,6 +47,7 @@ func TestAnalyzeBadInput(t *testing.T) {
 		{"wrong types", []string{"analyze", writeFile(t, `{"version":"netdoctor.node/v1","links":"eth0"}`)}, []string{"snap.json", "not a node snapshot"}},
 		{"other version", []string{"analyze", writeFile(t, newer)}, []string{`version "netdoctor.node/v9"`}},
 		{"no file", []string{"analyze"}, []string{"one snapshot FILE"}},
+		{"nothing collected", []string{"analyze", writeFile(t, `{"version":"netdoctor.node/v1","node":"node-1"}`)}, []string{"no check could run"}},
 		{"bad cidr flag", []string{"analyze", fixture("flannel-clean"), "--pod-cidr", "10.0.0.300/24"}, []string{"--pod-cidr", "10.0.0.300/24"}},
 		{"bad output", []string{"analyze", fixture("flannel-clean"), "-o", "yaml"}, []string{"unknown output format"}},
 		{"before of another node", []string{"analyze", fixture("flannel-clean"), "--before", writeFile(t, `{"version":"netdoctor.node/v1","node":"node-9"}`)}, []string{"same node"}},

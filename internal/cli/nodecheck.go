@@ -77,6 +77,10 @@ func render(cmd *cobra.Command, r *finding.Report) error {
 	if r.ExitCode() != 0 {
 		return FindingsExit()
 	}
+	if len(r.Checks) > 0 && r.Summary.Passed+r.Summary.Failed == 0 {
+		// Nothing was actually checked: saying "no faults" would be a lie.
+		return UsageError("no check could run: every rule lacked the facts it needs (reasons above)")
+	}
 	return nil
 }
 

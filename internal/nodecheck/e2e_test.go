@@ -6,14 +6,17 @@ import (
 	"encoding/json"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/netdoctor/netdoctor/internal/cli"
 	"github.com/netdoctor/netdoctor/internal/collect"
 	"github.com/netdoctor/netdoctor/internal/finding"
+	"github.com/netdoctor/netdoctor/internal/namespace"
 	"github.com/netdoctor/netdoctor/internal/testutil"
 )
 
@@ -113,6 +116,32 @@ func TestNodeCheckEndToEnd(t *testing.T) {
 			}
 		}
 		captureFixture(t, lab, "flannel-clean")
+	})
+
+	t.Run("by-pid", func(t *testing.T) {
+		// A process of the node namespace selects it, as on a real node
+		// (netdoctor node check --pid $(pidof kube-proxy)).
+		var cmd *exec.Cmd
+		err := namespace.Do(testutil.Path(lab.node), func() error {
+			cmd = exec.Command("sleep", "60")
+			return cmd.Start()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		var out, errb bytes.Buffer
+		code := cli.Run([]string{"netdoctor", "node", "check", "--pid", strconv.Itoa(cmd.Process.Pid), "--root-dir", lab.rootDir, "-o", "json"}, &out, &errb)
+		var r finding.Report
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatalf("exit %d: %v %s", code, err, errb.String())
+		}
+		if code != 0 || len(problems(&r)) != 0 || checkStatus(&r, "overlay-port-blocked").Status != finding.Pass {
+			t.Fatalf("node check --pid: exit %d, findings %v, overlay check %+v", code, problems(&r), checkStatus(&r, "overlay-port-blocked"))
+		}
 	})
 
 	nodeNS := lab.node

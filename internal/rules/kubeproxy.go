@@ -139,7 +139,7 @@ func (in *Input) kubeProxy() *kubeProxyView {
 		}
 		break
 	}
-	nf := in.Netfilter()
+	nf := in.netfilterView()
 	for _, rs := range nf.Rulesets {
 		switch rs.Backend {
 		case netfilter.BackendIptables:

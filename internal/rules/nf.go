@@ -20,8 +20,8 @@ type nfView struct {
 	Missing []string
 }
 
-// Netfilter returns the parsed rulesets and the tracer environment.
-func (in *Input) Netfilter() *nfView {
+// netfilterView returns the parsed rulesets and the tracer environment.
+func (in *Input) netfilterView() *nfView {
 	in.nfOnce.Do(func() { in.nf = buildNF(in) })
 	return in.nf
 }

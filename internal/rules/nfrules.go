@@ -79,7 +79,7 @@ func runForwardPolicyDrop(in *Input) Result {
 	if len(t.NodePodCIDRs) == 0 {
 		return Skip("this node's pod CIDR is unknown (no pod bridge address, no flannel subnet.env): pass --pod-cidr")
 	}
-	v := in.Netfilter()
+	v := in.netfilterView()
 	if why, ok := v.Traceable(); !ok {
 		return Errorf("cannot trace through the packet filter: %s", why)
 	}
@@ -204,7 +204,7 @@ func runOverlayPortBlocked(in *Input) Result {
 	if len(ports) == 0 {
 		return Skip("overlay %s is %s (IP protocol %s, no UDP port): not traced", t.Overlay.Name, t.Overlay.Type, "4")
 	}
-	v := in.Netfilter()
+	v := in.netfilterView()
 	if why, ok := v.Traceable(); !ok {
 		return Errorf("cannot trace through the packet filter: %s", why)
 	}

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/netdoctor/netdoctor/internal/facts"
 	"github.com/netdoctor/netdoctor/internal/finding"
 )
 
@@ -218,5 +217,3 @@ func runPodRouteMissing(in *Input) Result {
 	}
 	return Result{Findings: fs}
 }
-
-var _ = facts.Route{}
