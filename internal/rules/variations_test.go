@@ -210,6 +210,19 @@ func TestRuleVariations(t *testing.T) {
 			linkNamed(s, "eth0").MTU = 1400
 			s.Flannel = nil
 		}, want: []string{"mtu-mismatch"}, inMsg: "pod veth vethpoda mtu 1450 > uplink eth0 mtu 1400"},
+		{name: "Geneve port dropped", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			l := linkNamed(s, "flannel.1")
+			l.Name, l.Type, l.VXLAN = "genev_sys_6081", "geneve", nil
+			s.Netfilter.IptablesNft = strings.Replace(s.Netfilter.IptablesNft, "-A INPUT -j KUBE-FIREWALL\n", "-A INPUT -j KUBE-FIREWALL\n-A INPUT -p udp -m udp --dport 6081 -j DROP\n", 1)
+		}, want: []string{"overlay-port-blocked"}, inMsg: "-A INPUT -p udp -m udp --dport 6081 -j DROP"},
+		{name: "Cilium WireGuard port rejected", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			l := linkNamed(s, "flannel.1")
+			l.Name, l.Type, l.VXLAN = "cilium_wg0", "wireguard", nil
+			s.Netfilter.IptablesNft = strings.Replace(s.Netfilter.IptablesNft, "-A OUTPUT -j KUBE-FIREWALL\n", "-A OUTPUT -j KUBE-FIREWALL\n-A OUTPUT -p udp -m udp --dport 51871 -j REJECT --reject-with icmp-port-unreachable\n", 1)
+		}, want: []string{"mtu-mismatch", "overlay-port-blocked"}, inMsg: "outbound WireGuard (Cilium) udp 198.18.0.1:40000 -> 198.18.0.2:51871"},
+		{name: "an unsupported match on the overlay path is an error, not a pass", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			s.Netfilter.IptablesNft = strings.Replace(s.Netfilter.IptablesNft, "-A INPUT -j KUBE-FIREWALL\n", "-A INPUT -p udp -m u32 --u32 \"0x0>>0x16&0x3c@0x8=0x2118\" -j DROP\n-A INPUT -j KUBE-FIREWALL\n", 1)
+		}, checkID: "overlay-port-blocked", status: finding.Error},
 		{name: "ip_forward off on a machine without pods is info", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
 			*s = facts.NodeSnapshot{Version: facts.NodeSnapshotVersion, Node: "node-1", Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}
 		}, hints: &rules.Hints{}, checkID: "ip-forward-disabled", status: finding.Fail},
