@@ -32,14 +32,14 @@ type benchRun struct {
 	sent, got, kdrops uint64
 }
 
-func runOurs(b *testing.B, client, dir string) benchRun {
+func runOurs(b *testing.B, client, dir string, buffer int) benchRun {
 	f, err := os.Create(filepath.Join(dir, "nd.pcapng"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _ = f.Close() }()
 	s, err := Start(context.Background(), Config{Points: []Point{{Netns: testutil.Path(client), NetnsLabel: client, Iface: "c0"}},
-		Filter: "udp", Out: f, MaxBytes: 1 << 30})
+		Filter: "udp", Out: f, MaxBytes: 1 << 30, BufferBytes: buffer})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func runOurs(b *testing.B, client, dir string) benchRun {
 		b.Fatal(err)
 	}
 	p := res.Points[0]
-	return benchRun{"netdoctor", benchLoad, p.Written, p.KernelDrops}
+	return benchRun{fmt.Sprintf("netdoctor %d MiB", buffer>>20), benchLoad, p.Written, p.KernelDrops}
 }
 
 var tdStats = regexp.MustCompile(`(\d+) packets (captured|dropped by kernel)`)
@@ -100,9 +100,10 @@ func runTcpdump(b *testing.B, client, dir string, extra ...string) benchRun {
 }
 
 // BenchmarkCaptureVsTcpdump captures the same UDP flood on the same veth
-// with netdoctor and with tcpdump (defaults, then with a 32 MiB buffer like
-// netdoctor's ring), alternating, and reports packets captured and kernel
-// drops of each (docs/performance.md, "tools").
+// with netdoctor and with tcpdump at equal kernel buffers (2 MiB: tcpdump's
+// default; 32 MiB: netdoctor's default, tcpdump -B 32768), alternating, and
+// reports packets captured and kernel drops of each (docs/performance.md,
+// "tools").
 func BenchmarkCaptureVsTcpdump(b *testing.B) {
 	testutil.RequireRoot(b)
 	client, _, server := bridged(b)
@@ -123,8 +124,9 @@ func BenchmarkCaptureVsTcpdump(b *testing.B) {
 		t.kdrops += r.kdrops
 	}
 	for i := 0; i < b.N; i++ {
-		add(runOurs(b, client, dir))
-		add(runTcpdump(b, client, dir))
+		add(runOurs(b, client, dir, 2<<20))
+		add(runTcpdump(b, client, dir)) // its default buffer: 2 MiB
+		add(runOurs(b, client, dir, 32<<20))
 		add(runTcpdump(b, client, dir, "-B", "32768"))
 	}
 	for _, k := range order {

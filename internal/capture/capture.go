@@ -10,6 +10,7 @@
 package capture
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -31,8 +32,9 @@ import (
 
 // Defaults of a capture.
 const (
-	DefaultSnaplen  = 262144
-	DefaultMaxBytes = 100 << 20 // never write more than this unless told
+	DefaultSnaplen     = 262144
+	DefaultMaxBytes    = 100 << 20 // never write more than this unless told
+	DefaultBufferBytes = 32 << 20  // kernel ring per point
 )
 
 // ErrNoInterface is returned (wrapped) when a point's interface does not exist.
@@ -95,7 +97,9 @@ type Config struct {
 	Count    int           // stop after this many packets in all; 0 = no count bound
 	Duration time.Duration // stop after this long; 0 = no time bound
 	MaxBytes int64         // stop before the file would exceed this (default 100 MiB)
-	Out      io.Writer     // pcapng output; nil = no file
+	// BufferBytes is the kernel ring per point (tcpdump -B), default 32 MiB.
+	BufferBytes int
+	Out         io.Writer // pcapng output; nil = no file
 	// OnPacket, if set, sees every packet kept (for a live text display);
 	// data is only valid during the call.
 	OnPacket func(point int, ci gopacket.CaptureInfo, data []byte)
@@ -139,13 +143,22 @@ type handle struct {
 type Session struct {
 	cfg     Config
 	handles []*handle
-	pkts    chan pkt
 	done    chan struct{}
 	cancel  context.CancelFunc
 	result  Result
 	errMu   sync.Mutex
 	err     error
 	stopped atomic.Value // string
+
+	// The writer side, shared by the points' readers under wmu: each reader
+	// writes straight from its ring (no copy, no hand-off between threads).
+	wmu     sync.Mutex
+	w       *pcapgo.NgWriter
+	cw      *countingWriter
+	bw      *bufio.Writer
+	n       uint64 // packets kept
+	written int64  // bytes the file will have
+	reserve int64  // room kept for the statistics blocks
 }
 
 // fail records the first error and stops the capture.
@@ -156,12 +169,6 @@ func (s *Session) fail(err error) {
 	}
 	s.errMu.Unlock()
 	s.stop("error")
-}
-
-type pkt struct {
-	point int
-	ci    gopacket.CaptureInfo
-	data  []byte
 }
 
 // Start opens every point (a ring bound to the interface inside its
@@ -177,10 +184,13 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultMaxBytes
 	}
+	if cfg.BufferBytes <= 0 {
+		cfg.BufferBytes = DefaultBufferBytes
+	}
 	if cfg.Count < 0 || cfg.Duration < 0 {
 		return nil, errors.New("count and duration must not be negative")
 	}
-	s := &Session{cfg: cfg, pkts: make(chan pkt, 8192), done: make(chan struct{})}
+	s := &Session{cfg: cfg, done: make(chan struct{})}
 	for _, p := range cfg.Points {
 		h, err := openPoint(ctx, p, cfg)
 		if err != nil {
@@ -189,16 +199,19 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 		}
 		s.handles = append(s.handles, h)
 	}
-	var w *pcapgo.NgWriter
-	var cw *countingWriter
 	if cfg.Out != nil {
-		cw = &countingWriter{w: cfg.Out}
+		// A large buffer between the pcapng writer (4 KiB of its own) and
+		// the file: one write system call per MiB, not per 30 packets.
+		s.bw = bufio.NewWriterSize(cfg.Out, 1<<20)
+		s.cw = &countingWriter{w: s.bw}
 		var err error
-		w, err = newWriter(cw, s.handles, cfg)
+		s.w, err = newWriter(s.cw, s.handles, cfg)
 		if err != nil {
 			s.closeAll()
 			return nil, fmt.Errorf("write pcapng header: %w", err)
 		}
+		s.written = s.cw.n                          // the header blocks
+		s.reserve = int64(isbSize * len(s.handles)) // the statistics blocks at the end
 	}
 	var rctx context.Context
 	var cancel context.CancelFunc
@@ -214,13 +227,24 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.read(rctx, i, h) }()
 	}
-	go func() { wg.Wait(); close(s.pkts) }()
-	go s.write(rctx, w, cw)
+	go func() { wg.Wait(); s.finish(rctx) }()
 	return s, nil
+}
+
+// ringGeometry splits a ring of about size bytes into TPACKET_V3 blocks:
+// 1 MiB blocks for large rings, 256 KiB ones (at least 4) for small ones,
+// so that the kernel always has a free block while one is being read.
+func ringGeometry(size int) (block, blocks int) {
+	block = 1 << 20
+	if size < 8<<20 {
+		block = 256 << 10
+	}
+	return block, max(4, size/block)
 }
 
 func openPoint(ctx context.Context, p Point, cfg Config) (*handle, error) {
 	h := &handle{point: p}
+	block, blocks := ringGeometry(cfg.BufferBytes)
 	err := namespace.Do(p.Netns, func() error {
 		link, err := netlink.LinkByName(p.Iface)
 		if err != nil {
@@ -237,7 +261,7 @@ func openPoint(ctx context.Context, p Point, cfg Config) (*handle, error) {
 		h.tp, err = afpacket.NewTPacket(
 			afpacket.OptInterface(p.Iface),
 			afpacket.TPacketVersion3,
-			afpacket.OptFrameSize(1<<16), afpacket.OptBlockSize(1<<20), afpacket.OptNumBlocks(32),
+			afpacket.OptFrameSize(1<<16), afpacket.OptBlockSize(block), afpacket.OptNumBlocks(blocks),
 			afpacket.OptPollTimeout(50*time.Millisecond), afpacket.OptBlockTimeout(10*time.Millisecond))
 		if err != nil {
 			return fmt.Errorf("capture point %s: open packet socket: %w", p.Label(), err)
@@ -324,16 +348,44 @@ func (s *Session) read(ctx context.Context, i int, h *handle) {
 			h.early++
 			continue
 		}
-		atomic.AddUint64(&h.stats.Captured, 1)
+		h.stats.Captured++
 		ci.InterfaceIndex = i
-		cp := make([]byte, len(data))
-		copy(cp, data)
-		select {
-		case s.pkts <- pkt{point: i, ci: ci, data: cp}:
-		case <-ctx.Done():
+		if !s.keep(i, ci, data) {
 			return
 		}
 	}
+}
+
+// keep writes one packet (and shows it); false when the capture is over.
+func (s *Session) keep(i int, ci gopacket.CaptureInfo, data []byte) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.stopped.Load() != nil {
+		return false
+	}
+	if s.w != nil {
+		// An enhanced packet block is 32 bytes of header and trailer plus padded data.
+		size := int64(32 + (len(data)+3)&^3)
+		if s.written+size+s.reserve > s.cfg.MaxBytes {
+			s.stop("size")
+			return false
+		}
+		if err := s.w.WritePacket(ci, data); err != nil {
+			s.fail(fmt.Errorf("write packet: %w", err))
+			return false
+		}
+		s.written += size
+	}
+	if s.cfg.OnPacket != nil {
+		s.cfg.OnPacket(i, ci, data)
+	}
+	s.handles[i].stats.Written++
+	s.n++
+	if s.cfg.Count > 0 && s.n >= uint64(s.cfg.Count) {
+		s.stop("count")
+		return false
+	}
+	return true
 }
 
 func (s *Session) stop(why string) {
@@ -341,42 +393,13 @@ func (s *Session) stop(why string) {
 	s.cancel()
 }
 
-func (s *Session) write(ctx context.Context, w *pcapgo.NgWriter, cw *countingWriter) {
+// finish runs when every reader has returned: statistics, the closing
+// blocks, the flush.
+func (s *Session) finish(ctx context.Context) {
 	defer close(s.done)
-	var n uint64
-	var written, reserve int64
-	if w != nil {
-		written = cw.n // the header blocks, flushed by newWriter
-		// Room for the statistics block of every point at the end.
-		reserve = int64(isbSize * len(s.handles))
-	}
-	for p := range s.pkts {
-		if s.stopped.Load() != nil {
-			continue // drain the readers
-		}
-		if w != nil {
-			// An enhanced packet block is 32 bytes of header and trailer plus padded data.
-			size := int64(32 + (len(p.data)+3)&^3)
-			if written+size+reserve > s.cfg.MaxBytes {
-				s.stop("size")
-				continue
-			}
-			written += size
-			if err := w.WritePacket(p.ci, p.data); err != nil {
-				s.fail(fmt.Errorf("write packet: %w", err))
-				continue
-			}
-		}
-		if s.cfg.OnPacket != nil {
-			s.cfg.OnPacket(p.point, p.ci, p.data)
-		}
-		s.handles[p.point].stats.Written++
-		n++
-		if s.cfg.Count > 0 && n >= uint64(s.cfg.Count) {
-			s.stop("count")
-		}
-	}
-	s.result.Packets = n
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.result.Packets = s.n
 	if ctx.Err() != nil && s.stopped.Load() == nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			s.stopped.CompareAndSwap(nil, "duration")
@@ -388,23 +411,28 @@ func (s *Session) write(ctx context.Context, w *pcapgo.NgWriter, cw *countingWri
 	for i, h := range s.handles {
 		st, st3, err := h.tp.SocketStats()
 		if err == nil {
-			h.stats.KernelSeen = uint64(st.Packets()+st3.Packets()) - min(h.early, uint64(st.Packets()+st3.Packets()))
+			seen := uint64(st.Packets() + st3.Packets())
+			h.stats.KernelSeen = seen - min(h.early, seen)
 			h.stats.KernelDrops = uint64(st.Drops() + st3.Drops())
 			h.stats.QueueFreezes = uint64(st3.QueueFreezes())
 		}
-		if w != nil {
-			_ = w.WriteInterfaceStats(i, pcapgo.NgInterfaceStatistics{
+		if s.w != nil {
+			_ = s.w.WriteInterfaceStats(i, pcapgo.NgInterfaceStatistics{
 				LastUpdate: s.result.Ended, StartTime: s.result.Started, EndTime: s.result.Ended,
 				PacketsReceived: h.stats.KernelSeen, PacketsDropped: h.stats.KernelDrops,
 			})
 		}
 		s.result.Points = append(s.result.Points, h.stats)
 	}
-	if w != nil {
-		if err := w.Flush(); err != nil {
+	if s.w != nil {
+		err := s.w.Flush()
+		if err == nil {
+			err = s.bw.Flush()
+		}
+		if err != nil {
 			s.fail(fmt.Errorf("flush pcapng: %w", err))
 		}
-		s.result.Bytes = cw.n
+		s.result.Bytes = s.cw.n
 	}
 }
 
