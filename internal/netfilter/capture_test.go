@@ -29,6 +29,7 @@ var fixtureCaptures = []fixtureCapture{
 	{out: "firewall-ip6tables.save", load: [][]string{{"ip6tables-restore", "SRC/firewall6.rules"}}, save: []string{"ip6tables-save"}},
 	{out: "matches-iptables-nft.save", load: [][]string{{"ipset", "restore", "-f", "SRC/ipsets.ipset"}, {"iptables-restore", "SRC/matches.rules"}}, save: []string{"iptables-save"}},
 	{out: "matches-nftables.json", load: [][]string{{"nft", "-f", "SRC/matches.nft"}}, save: []string{"nft", "-j", "list", "ruleset"}},
+	{out: "affinity-iptables-nft.save", load: [][]string{{"iptables-restore", "SRC/affinity.rules"}}, save: []string{"iptables-save"}},
 	{out: "firewall-nftables.json", load: [][]string{{"nft", "-f", "SRC/firewall.nft"}}, save: []string{"nft", "-j", "list", "ruleset"}},
 }
 

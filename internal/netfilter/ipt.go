@@ -818,8 +818,19 @@ func compileIptMatch(m Match, ms []cond) ([]cond, error) {
 				neg := o.Negated
 				ms = append(ms, fc(func(*tracer, *tstate) (mres, float64, string) { return boolM(neg, true), 0, "" }))
 			case "name", "rsource", "rdest", "mask", "reap", "rttl", "seconds", "hitcount":
+			case "rcheck", "update", "remove":
+				// true when the source is in the list: that depends on
+				// earlier packets, known only if the caller says the lists
+				// are empty (a new client)
+				neg, why := o.Negated, fmt.Sprintf("match -m recent --%s depends on earlier packets", o.Name)
+				ms = append(ms, fc(func(t *tracer, _ *tstate) (mres, float64, string) {
+					if t.env.NoHistory {
+						return boolM(neg, false), 0, ""
+					}
+					return mUnknown, 0, why
+				}))
 			default:
-				ms = append(ms, fc(unknownMatcher(fmt.Sprintf("match -m recent --%s depends on earlier packets", o.Name))))
+				ms = append(ms, fc(unknownMatcher(fmt.Sprintf("unsupported option --%s of match -m recent", o.Name))))
 			}
 		}
 	case "length":

@@ -211,6 +211,11 @@ func iptEndpoints(c *Chain, p float64, depth int) []KubeEndpoint {
 		if j == nil {
 			continue
 		}
+		if _, affinity := r.MatchOption("recent", "rcheck"); affinity {
+			// ClientIP session affinity: the same endpoints follow with
+			// their statistic rules
+			continue
+		}
 		prob := 1.0
 		if o, ok := r.MatchOption("statistic", "probability"); ok {
 			prob, _ = strconv.ParseFloat(o.Arg, 64)

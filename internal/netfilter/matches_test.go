@@ -38,6 +38,7 @@ func TestIptablesMatches(t *testing.T) {
 		{"hashlimit upto: one packet is under the limit", in(2007), FlowInput, nil, VerdictAccept, "INPUT", 7, ""},
 		{"recent --set always matches", in(2008), FlowInput, nil, VerdictAccept, "INPUT", 8, ""},
 		{"recent --rcheck depends on history", in(2009), FlowInput, nil, VerdictUnknown, "INPUT", 9, "-m recent --rcheck"},
+		{"recent --rcheck of a client never seen", in(2009), FlowInput, &Env{LocalAddrs: env.LocalAddrs, NoHistory: true}, VerdictDrop, "INPUT", 0, ""},
 		{"conntrack original destination and direction", in(2010), FlowInput, nil, VerdictAccept, "INPUT", 10, ""},
 		{"addrtype --src-type LOCAL: local source", with(in(2011), func(p *Packet) { p.Src = addr("198.19.255.1") }), FlowInput, nil, VerdictAccept, "INPUT", 11, ""},
 		{"addrtype --src-type LOCAL: remote source", in(2011), FlowInput, nil, VerdictDrop, "INPUT", 0, ""},

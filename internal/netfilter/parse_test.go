@@ -352,3 +352,23 @@ func TestWithoutIptablesCompat(t *testing.T) {
 		t.Fatalf("tables %v", out.Tables)
 	}
 }
+
+// TestKubeProxyServicesAffinity: kube-proxy's ClientIP affinity rules
+// (-m recent --rcheck) precede the statistic rules and are not endpoints
+// of their own.
+func TestKubeProxyServicesAffinity(t *testing.T) {
+	rs := loadRuleset(t, "affinity-iptables-nft.save")
+	svcs, err := KubeProxyServices(rs)
+	if err != nil || len(svcs) != 1 || len(svcs[0].Endpoints) != 2 || svcs[0].Endpoints[0].Probability != 0.5 || svcs[0].Endpoints[1].Probability != 0.5 {
+		t.Fatalf("services %+v %v", svcs, err)
+	}
+	pkt := Packet{Src: addr("198.18.2.9"), Dst: addr("198.19.0.5"), Proto: "tcp", SrcPort: 1, DstPort: 80}
+	outs, _ := Trace([]*Ruleset{rs}, pkt, FlowInput, Env{})
+	if len(outs) != 1 || outs[0].Verdict != VerdictUnknown || !strings.Contains(outs[0].Reason, "recent --rcheck") {
+		t.Fatalf("without NoHistory: %+v", outs)
+	}
+	outs, _ = Trace([]*Ruleset{rs}, pkt, FlowInput, Env{NoHistory: true})
+	if got := destinations(outs); !reflect.DeepEqual(got, []string{"accept 198.18.1.1:80", "accept 198.18.1.2:80"}) {
+		t.Fatalf("with NoHistory: %v", got)
+	}
+}

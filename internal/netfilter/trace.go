@@ -111,6 +111,11 @@ type Env struct {
 	IfaceAddrs map[string][]netip.Addr
 	// Ipsets are the node's ipsets by name (-m set --match-set).
 	Ipsets map[string]*Ipset
+	// NoHistory says the traced packet comes from a client never seen
+	// before: "-m recent --rcheck/--update" lists (kube-proxy's ClientIP
+	// session affinity) do not hold its source. When false those matches
+	// give an unknown verdict.
+	NoHistory bool
 }
 
 // Verdict is the fate of a traced packet.
@@ -227,6 +232,13 @@ const maxDepth = 128
 // Trace sends pkt along flow through every ruleset (all of them see the
 // packet, base chains of each hook ordered by priority) and returns every
 // possible outcome. Env supplies the node's addresses and ipsets.
+//
+// NAT chains are consulted only for a NEW packet (and only until one of
+// them makes a binding, as the kernel does); for ESTABLISHED or RELATED
+// packets the existing translation is not known, so pass the packet with
+// the addresses it has at the hook where tracing starts. MASQUERADE uses
+// the first address of the out interface's family in Env.IfaceAddrs (the
+// kernel takes the route's preferred source).
 func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, error) {
 	if err := normalizePacket(&pkt); err != nil {
 		return nil, err
