@@ -374,7 +374,7 @@ func newCaptureCommand() *cobra.Command {
 	var ifaces, netnses, pods, nodes, nodeIPs []string
 	var pids []int
 	var criEndpoint, file string
-	var count, snaplen int
+	var count, snaplen, bufferKiB int
 	var duration time.Duration
 	var maxSize int64
 	var analyze bool
@@ -428,12 +428,13 @@ nodes), and for every flow the points where it was and was not seen.`,
 			if err != nil {
 				return err
 			}
-			if count < 0 || duration < 0 || snaplen < 0 || maxSize < 0 {
-				return UsageError("-c, --duration, --snaplen and --max-size must not be negative")
+			if count < 0 || duration < 0 || snaplen < 0 || maxSize < 0 || bufferKiB < 0 {
+				return UsageError("-c, --duration, --snaplen, --max-size and -B must not be negative")
 			}
 			filter := strings.Join(args, " ")
 			out := cmd.OutOrStdout()
-			cfg := capture.Config{Points: points, Filter: filter, Snaplen: snaplen, Count: count, Duration: duration, MaxBytes: maxSize}
+			cfg := capture.Config{Points: points, Filter: filter, Snaplen: snaplen, Count: count, Duration: duration, MaxBytes: maxSize,
+				BufferBytes: bufferKiB << 10}
 			path := file
 			var tmp string
 			if analyze && path == "" {
@@ -530,6 +531,7 @@ nodes), and for every flow the points where it was and was not seen.`,
 	f.DurationVar(&duration, "duration", 0, "stop after this long (0: no bound)")
 	f.IntVar(&snaplen, "snaplen", capture.DefaultSnaplen, "bytes kept per packet")
 	f.Int64Var(&maxSize, "max-size", capture.DefaultMaxBytes, "stop before the file exceeds this many bytes")
+	f.IntVarP(&bufferKiB, "buffer-size", "B", capture.DefaultBufferBytes>>10, "kernel ring per point, KiB (tcpdump -B)")
 	f.BoolVar(&analyze, "analyze", false, "analyze the capture (or an existing FILE when no point is given)")
 	f.StringSliceVar(&nodeIPs, "node-ips", nil, "known node addresses: VXLAN from other sources is flagged")
 	return cmd
