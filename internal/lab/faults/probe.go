@@ -171,7 +171,7 @@ func (p *Prober) probe(ctx context.Context, kind ProbeKind, src, dst PodRef, fro
 		_, err := LookupA(ctx, src.Netns, cfg.ClusterDNSIP().String(), lab.ExtHostName)
 		return err
 	}
-	return fmt.Errorf("unknown probe kind %q", kind)
+	return p.probeMore(ctx, kind, src, dst, fromNode, toNode) // more kinds: probe_more.go
 }
 
 // LocalService returns the ClusterIP of a selector-less Service "ndlab-probe-NS-NODE" (in default) whose only
