@@ -26,6 +26,8 @@ var fixtureCaptures = []fixtureCapture{
 	{out: "ipsets.save", load: [][]string{{"ipset", "restore", "-f", "SRC/ipsets.ipset"}}, save: []string{"ipset", "save"}},
 	{out: "firewall-iptables-nft.save", load: [][]string{{"ipset", "restore", "-f", "SRC/ipsets.ipset"}, {"iptables-restore", "SRC/firewall.rules"}}, save: []string{"iptables-save"}},
 	{out: "firewall-iptables-legacy.save", load: [][]string{{"ipset", "restore", "-f", "SRC/ipsets.ipset"}, {"iptables-legacy-restore", "SRC/firewall.rules"}}, save: []string{"iptables-legacy-save"}},
+	{out: "firewall-ip6tables-nft.save", load: [][]string{{"ip6tables-nft-restore", "SRC/firewall6.rules"}}, save: []string{"ip6tables-nft-save"}},
+	{out: "firewall-ip6tables-legacy.save", load: [][]string{{"ip6tables-legacy-restore", "SRC/firewall6.rules"}}, save: []string{"ip6tables-legacy-save"}},
 	{out: "firewall-ip6tables.save", load: [][]string{{"ip6tables-restore", "SRC/firewall6.rules"}}, save: []string{"ip6tables-save"}},
 	{out: "matches-iptables-nft.save", load: [][]string{{"ipset", "restore", "-f", "SRC/ipsets.ipset"}, {"iptables-restore", "SRC/matches.rules"}}, save: []string{"iptables-save"}},
 	{out: "matches-nftables.json", load: [][]string{{"nft", "-f", "SRC/matches.nft"}}, save: []string{"nft", "-j", "list", "ruleset"}},
