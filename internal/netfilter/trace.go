@@ -238,7 +238,8 @@ const maxDepth = 128
 // packets the existing translation is not known, so pass the packet with
 // the addresses it has at the hook where tracing starts. MASQUERADE uses
 // the first address of the out interface's family in Env.IfaceAddrs (the
-// kernel takes the route's preferred source).
+// kernel takes the route's preferred source). nftables tables of the
+// bridge, arp and netdev families (and ingress hooks) are not traversed.
 func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, error) {
 	if err := normalizePacket(&pkt); err != nil {
 		return nil, err
