@@ -420,8 +420,8 @@ func TestCheckCommandTemporaryAgentRemoved(t *testing.T) {
 	// temporary agent must be gone afterwards all the same.
 	out, errOut, code, took := runCLI(t, 3*time.Minute, "check", "--kubeconfig", apiServer.cp.Kubeconfig, "--timeout", "4s", "--nodes", "sim-1")
 	t.Logf("exit %d in %s\n%s\n%s", code, took, out, errOut)
-	if !strings.Contains(out, "did not answer") {
-		t.Errorf("text output lacks the silent node:\n%s", out)
+	if code != 2 || !strings.Contains(errOut, "no node's agent answered") {
+		t.Errorf("no agent answered: exit %d, want 2 with the reason:\n%s", code, errOut)
 	}
 	if _, err := apiServer.admin.CoreV1().Namespaces().Get(ctx, install.Namespace, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("namespace %s still there after check: %v", install.Namespace, err)

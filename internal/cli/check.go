@@ -140,15 +140,16 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 			if err := install.Apply(ctx, cs, install.Objects(install.Options{Image: o.image, Temporary: true})); err != nil {
 				return &ExitCodeError{Code: ExitError, Err: fmt.Errorf("deploy the temporary agent: %w", err)}
 			}
-			wctx, cancel := context.WithTimeout(ctx, o.timeout)
-			_, werr := install.WaitReady(wctx, cs, len(nodes))
+			// Agents pick up a request written before they start (they
+			// list existing requests first), so only the probe targets are
+			// waited for: the plan needs their pod IPs. Bounded by half the
+			// timeout; what is not running by then is left out of the plan.
+			prog.set("waiting for the temporary agent's probe targets")
+			wctx, cancel := context.WithTimeout(ctx, o.timeout/2)
+			snap = waitTargets(wctx, cs, snap, nodes)
 			cancel()
-			if werr != nil && ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return UsageError("interrupted")
-			}
-			// The probe targets started with the agents: read them.
-			if s2, err := cluster.Collect(ctx, cs); err == nil {
-				snap = s2
 			}
 		}
 		spec = cluster.BuildSpec(snap, cluster.SpecOptions{K: o.peers, Seed: o.seed, ExternalName: o.externalName, Nodes: nodes})
@@ -172,6 +173,14 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 			return UsageError("interrupted")
 		}
 	}
+	if !o.noAgent && len(results) == 0 {
+		why := "no agent answered before the deadline"
+		for _, m := range missing {
+			why = m
+			break
+		}
+		return UsageError("no node's agent answered within --timeout %s (%s): check the agent pods with `kubectl -n %s get pods -o wide`, or run with --no-agent for the API-only checks", o.timeout, why, install.Namespace)
+	}
 	rep := cluster.Reduce(snap, spec, results, missing)
 	if ns := o.namespace(); ns != "" {
 		rep.Report = filterNamespace(rep.Report, ns)
@@ -184,6 +193,34 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 		return FindingsExit()
 	}
 	return nil
+}
+
+// waitTargets re-reads the cluster until every node has a running probe
+// target pod with an IP, or ctx ends; it returns the latest snapshot.
+func waitTargets(ctx context.Context, cs kubernetes.Interface, snap *cluster.Snapshot, nodes []string) *cluster.Snapshot {
+	for {
+		if s2, err := cluster.Collect(ctx, cs); err == nil {
+			snap = s2
+		}
+		ready := map[string]bool{}
+		for _, p := range snap.Pods {
+			if p.Labels[cluster.LabelAppName] == cluster.TargetName && p.Phase == "Running" && len(p.PodIPs) > 0 {
+				ready[p.Node] = true
+			}
+		}
+		all := true
+		for _, n := range nodes {
+			all = all && ready[n]
+		}
+		if all {
+			return snap
+		}
+		select {
+		case <-ctx.Done():
+			return snap
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func (o *checkOptions) namespace() string {

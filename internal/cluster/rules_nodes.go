@@ -227,6 +227,14 @@ func ruleDNSResolutionFailed(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			cs = append(cs, r.check(n, finding.Pass, ""))
 			continue
 		}
+		if culprit := dnsOnUnreachable(in, n); culprit != "" && len(failing) > 0 {
+			f := r.finding(n, "node/"+n, "from "+n+", names fail because "+culprit, ev,
+				"fix the unreachable node first (see its findings); the DNS Service load-balances over every CoreDNS pod, so one unreachable CoreDNS pod makes some lookups time out from every node")
+			f.Severity = finding.Info
+			fs = append(fs, f)
+			cs = append(cs, r.check(n, finding.Pass, "failures explained by "+culprit))
+			continue
+		}
 		others := oddDNSNodes(in.Matrix, n)
 		msg := "from " + n + ", " + strings.Join(failing, ", ") + " fail"
 		if len(passing) > 0 {
@@ -267,4 +275,78 @@ func oddDNSNodes(m *Matrix, node string) string {
 		return fmt.Sprintf("the other %d node(s) resolve every kind: only %s fails", len(others), node)
 	}
 	return fmt.Sprintf("%d of %d other nodes fail too", len(bad), len(others))
+}
+
+// unreachableNodes are the peers that most of the rows probing them cannot
+// reach (pod ICMP): the odd node out of the matrix.
+func unreachableNodes(m *Matrix) map[string]bool {
+	failed := map[string]int{}
+	for _, row := range m.Rows {
+		c, ok := row.Cells[KindPodICMP]
+		if !ok {
+			continue
+		}
+		for _, f := range c.Failed {
+			peer, _, _ := strings.Cut(f, ":")
+			failed[peer+"\x00"+row.Node]++
+		}
+	}
+	out := map[string]bool{}
+	rowsByPeer := map[string]map[string]bool{}
+	for k := range failed {
+		peer, node, _ := strings.Cut(k, "\x00")
+		if peer == node {
+			continue
+		}
+		if rowsByPeer[peer] == nil {
+			rowsByPeer[peer] = map[string]bool{}
+		}
+		rowsByPeer[peer][node] = true
+	}
+	nodes := map[string]bool{}
+	for _, row := range m.Rows {
+		nodes[row.Node] = true
+	}
+	for peer, from := range rowsByPeer {
+		// every other node fails to reach it (at least two of them)
+		if len(from) >= 2 && len(from) >= len(nodes)-1 {
+			out[peer] = true
+		}
+	}
+	return out
+}
+
+// dnsOnUnreachable explains DNS failures from node by a CoreDNS endpoint on
+// a node the others cannot reach, when node itself is not that node and
+// other CoreDNS endpoints exist. It returns the explanation or "".
+func dnsOnUnreachable(in *Input, node string) string {
+	bad := unreachableNodes(in.Matrix)
+	if len(bad) == 0 || bad[node] {
+		return ""
+	}
+	svc := dnsService(in.Cluster)
+	if svc == nil {
+		return ""
+	}
+	var on, elsewhere []string
+	for _, e := range slicesOf(in.Cluster)[svc.Key()] {
+		for _, ep := range e.Endpoints {
+			if !ep.Ready {
+				continue
+			}
+			if bad[ep.Node] {
+				on = append(on, ep.Pod+" on "+ep.Node)
+			} else {
+				elsewhere = append(elsewhere, ep.Pod)
+			}
+		}
+	}
+	if len(on) == 0 {
+		return ""
+	}
+	sort.Strings(on)
+	if len(elsewhere) == 0 {
+		return "every CoreDNS endpoint (" + strings.Join(on, ", ") + ") is on a node the other nodes cannot reach"
+	}
+	return "CoreDNS endpoint " + strings.Join(on, ", ") + " is on a node the other nodes cannot reach"
 }

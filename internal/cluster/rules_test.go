@@ -252,6 +252,25 @@ func TestClusterRules(t *testing.T) {
 				}
 			}
 		}, []string{"dns-resolution-failed@node-3"}, "only node-3 fails"},
+		{"CoreDNS on an unreachable node: only that node is critical", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
+			// node-1 hosts CoreDNS and its pods are unreachable: node-2 and
+			// node-3 see DNS fail through it, node-1's own pod netns fails all.
+			for _, n := range []string{"node-2", "node-3"} {
+				for i, p := range a[n].Probes {
+					if strings.HasSuffix(p.ID, ":node-1") && strings.Contains(p.ID, ":pod-icmp:") {
+						a[n].Probes[i] = ProbeResult{ID: p.ID, Status: ProbeFail, Detail: "no reply in 1.5s"}
+					}
+					if strings.HasSuffix(p.ID, ":"+KindDNSNS) {
+						a[n].Probes[i] = ProbeResult{ID: p.ID, Status: ProbeFail, Detail: "i/o timeout"}
+					}
+				}
+			}
+			for i, p := range a["node-1"].Probes {
+				if strings.HasPrefix(p.ID, "p:") {
+					a["node-1"].Probes[i] = ProbeResult{ID: p.ID, Status: ProbeFail, Detail: "i/o timeout"}
+				}
+			}
+		}, []string{"dns-resolution-failed@node-1"}, "fail"},
 		{"node-level findings passed through", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
 			a["node-2"].Findings = []finding.Finding{{ID: "ip-forward-disabled", Severity: finding.Critical, Message: "ip_forward is 0", Evidence: []string{"net.ipv4.ip_forward = 0"}, Remediation: "sysctl -w net.ipv4.ip_forward=1"}}
 		}, []string{"ip-forward-disabled@node-2"}, "ip_forward"},

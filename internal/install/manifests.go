@@ -135,13 +135,11 @@ func Objects(o Options) []runtime.Object {
 							},
 							VolumeMounts: []corev1.VolumeMount{
 								{Name: "run", MountPath: "/run", ReadOnly: true},
-								{Name: "tmp", MountPath: "/tmp"},
 							},
 						}},
 						Volumes: []corev1.Volume{
 							// CRI sockets (containerd, CRI-O), /run/netns, /run/flannel/subnet.env.
 							{Name: "run", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run", Type: &hostPathDir}}},
-							{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 						},
 					},
 				},
