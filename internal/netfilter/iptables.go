@@ -23,6 +23,7 @@ type ParseError struct {
 	Msg   string
 }
 
+// Error renders "parse INPUT: line N: what was wrong".
 func (e *ParseError) Error() string {
 	if e.Line > 0 {
 		return fmt.Sprintf("parse %s: line %d: %s", e.Input, e.Line, e.Msg)

@@ -179,7 +179,7 @@ func (o Outcome) LastHit() Hit {
 	return o.Hits[len(o.Hits)-1]
 }
 
-// Hit reports whether the outcome hit a rule in the named chain (any table).
+// HitChain reports whether the outcome hit a rule in the named chain (any table).
 func (o Outcome) HitChain(chain string) bool {
 	for _, h := range o.Hits {
 		if h.Chain == chain {
