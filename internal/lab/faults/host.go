@@ -27,7 +27,7 @@ const ExtPingNode ProbeKind = "ext-ping-node"
 func init() {
 	Register(Fault{
 		ID: "pod-cidr-overlap", Group: "host",
-		Summary:   "a host address inside the peer's pod CIDR (a /25 on the node's uplink) overrides the overlay route: pods on the node get \"No route to host\" to the peer's pods",
+		Summary:   "a host address inside the peer's pod CIDR (a /25 on the node's uplink) overrides the overlay route: traffic between the node's pods and the peer's pods goes unanswered (ARP on the uplink, then \"No route to host\")",
 		Injection: "ip addr add PEER_POD_CIDR_FIRST_HALF.126/25 dev eth0",
 		Checks: []Check{
 			{Kind: PodPing, From: Faulted, To: Peer, Broken: true},

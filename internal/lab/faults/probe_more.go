@@ -129,6 +129,8 @@ func (p *Prober) probeMore(ctx context.Context, kind ProbeKind, src, dst PodRef,
 			return err
 		}
 		return Ping(ctx, lab.NetnsPath(cfg.ExtNetns()), node.IP, 0)
+	case BackendPodTCP, BackendLoopback:
+		return p.backendProbe(ctx, kind, src)
 	case NodeGetsPodCIDR:
 		return probeNewNodeCIDR(ctx, p.L)
 	}
@@ -219,6 +221,20 @@ func Resolve(ctx context.Context, netnsPath string, conf *dns.ClientConfig, name
 		}
 	}
 	return nil, fmt.Errorf("resolve %s (search %v, nameservers %v): %s", name, conf.Search, conf.Servers, strings.Join(errs, "; "))
+}
+
+// podNetns finds a pod's network namespace through its node's CRI endpoint.
+func podNetns(ctx context.Context, l *lab.Lab, pod PodRef) (string, error) {
+	c, err := cri.Dial(ctx, kubelet.CRISocket(l.State.Config.StateDir(), pod.Node))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	found, err := c.FindPod(ctx, pod.Namespace, pod.Name)
+	if err != nil {
+		return "", err
+	}
+	return found.Netns, nil
 }
 
 // kubeProxyPod returns the kube-proxy pod bound to node.
