@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -189,5 +190,29 @@ func TestDownAfterCrash(t *testing.T) {
 	}
 	if _, err := testutil.Run(t, "", "ip", "link", "show", RootLinkName(c.Name)); err == nil {
 		t.Fatal("root link left")
+	}
+}
+
+// TestUpRefusesOverlapBeforeCreatingAnything runs Up against a "host" (a fresh namespace) that
+// has an address in the lab's pod CIDR: Up must refuse, naming it, with nothing created.
+func TestUpRefusesOverlapBeforeCreatingAnything(t *testing.T) {
+	host := testutil.NewNetns(t, "uphost")
+	testutil.MustRun(t, host, "ip", "link", "add", "h0", "type", "veth", "peer", "name", "h1")
+	testutil.MustRun(t, host, "ip", "addr", "add", "198.18.200.1/25", "dev", "h0")
+	root := t.TempDir()
+	c := Config{Name: "tovl", StateRoot: root, K8sBin: "/bin/true", SelfBin: "/bin/true"}
+	_, err := Up(context.Background(), c, UpOptions{HostNetns: testutil.Path(host)})
+	var oe *OverlapError
+	if !errors.As(err, &oe) || !strings.Contains(err.Error(), "pod (cluster) CIDR 198.18.128.0/17 overlaps host address 198.18.200.1/25 on h0") {
+		t.Fatalf("Up = %v, want an overlap refusal naming 198.18.200.1/25 on h0", err)
+	}
+	if left, _ := ListOwnedNetns(c.Name); len(left) != 0 {
+		t.Fatalf("namespaces created before the check: %v", left)
+	}
+	if _, err := os.Stat(filepath.Join(root, c.Name)); err == nil {
+		t.Fatal("state directory created before the check")
+	}
+	if _, err := testutil.Run(t, "", "ip", "link", "show", RootLinkName(c.Name)); err == nil {
+		t.Fatal("root link created before the check")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,7 @@ func TestLab(t *testing.T) {
 				for _, f := range faults.All() {
 					t.Run(f.ID, func(t *testing.T) { faultCycle(t, ctx, l, f) })
 				}
+				t.Run("container-restarted", func(t *testing.T) { containerRestarted(t, ctx, l) })
 				t.Run("pod-replaced", func(t *testing.T) { podReplaced(t, ctx, l) })
 			}
 			downLeavesNothing(t, l, root)
@@ -318,6 +320,47 @@ func podReplaced(t *testing.T, ctx context.Context, l *lab.Lab) {
 		if time.Now().After(deadline) {
 			t.Fatalf("old pod %s gone=%v (get: %v, netns %s exists=%v); replacement %+v, %v", old.Name, gone, getErr,
 				old.Netns, namespace.Exists(filepath.Base(old.Netns)), nw, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// containerRestarted kills a web pod's process: the kubelet restarts it (restartPolicy
+// Always), reports restartCount 1 and the pod serves again.
+func containerRestarted(t *testing.T, ctx context.Context, l *lab.Lab) {
+	p := faults.NewProber(l)
+	w, err := p.WebPodIn(ctx, "shop", "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cri.Dial(ctx, kubelet.CRISocket(l.State.Config.StateDir(), "node1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	found, err := c.FindPod(ctx, w.Namespace, w.Name)
+	if err != nil || found.PID == 0 {
+		t.Fatalf("CRI FindPod: %+v, %v", found, err)
+	}
+	if err := syscall.Kill(found.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	src, err := p.WebPod(ctx, "node2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		pod, err := l.Client.CoreV1().Pods(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
+		if err == nil && len(pod.Status.ContainerStatuses) == 1 {
+			cs := pod.Status.ContainerStatuses[0]
+			if cs.RestartCount == 1 && cs.Ready && cs.LastTerminationState.Terminated != nil &&
+				faults.HTTPGet(ctx, src.Netns, w.IP+":80", "pod "+w.Name) == nil {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s not restarted: %+v, %v", w.Name, pod.Status.ContainerStatuses, err)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -66,6 +66,7 @@ type Kubelet struct {
 	peers map[string]flannel.Peer
 	kick  chan struct{}
 	mpMu  sync.Mutex
+	since metav1.Time // when the node's conditions took their (constant) values
 }
 
 // Run runs the kubelet until ctx ends. It is the body of `netdoctor lab kubelet` and must run
@@ -227,8 +228,11 @@ func (k *Kubelet) nodeStatus() corev1.NodeStatus {
 		corev1.ResourcePods:             resource.MustParse("110"),
 		corev1.ResourceEphemeralStorage: resource.MustParse("20Gi"),
 	}
+	if k.since.IsZero() {
+		k.since = now
+	}
 	cond := func(t corev1.NodeConditionType, s corev1.ConditionStatus, reason, msg string) corev1.NodeCondition {
-		return corev1.NodeCondition{Type: t, Status: s, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now}
+		return corev1.NodeCondition{Type: t, Status: s, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: k.since}
 	}
 	return corev1.NodeStatus{
 		Capacity: res, Allocatable: res,
