@@ -133,3 +133,24 @@ func TestNftMatches(t *testing.T) {
 		})
 	}
 }
+
+// TestNftNAT checks snat and redirect statements of the matches fixture.
+func TestNftNAT(t *testing.T) {
+	rs := loadRuleset(t, "matches-nftables.json")
+	env := nodeEnv(t)
+	outs, err := Trace([]*Ruleset{rs}, Packet{Src: addr("198.19.255.1"), Dst: addr("198.19.200.5"), Proto: "tcp", SrcPort: 40000, DstPort: 4001, OutIface: "eth0"}, FlowOutput, env)
+	if err != nil || len(outs) != 1 {
+		t.Fatalf("%v %v", outs, err)
+	}
+	if got := summary(outs[0]); got != "accept 198.19.255.9:5000>198.19.200.5:4001 p=1.000" {
+		t.Errorf("snat: %s\n%s", got, hitActions(outs[0]))
+	}
+	outs, err = Trace([]*Ruleset{rs}, Packet{Src: addr("198.19.1.15"), Dst: addr("198.19.255.1"), Proto: "tcp", SrcPort: 40000, DstPort: 4002, InIface: "eth0"}, FlowInput, env)
+	if err != nil || len(outs) != 1 {
+		t.Fatalf("%v %v", outs, err)
+	}
+	// redirected to the in interface's address, then dropped by the input policy
+	if got := summary(outs[0]); got != "drop 198.19.1.15:40000>198.19.255.1:14002 p=1.000" {
+		t.Errorf("redirect: %s\n%s", got, hitActions(outs[0]))
+	}
+}
