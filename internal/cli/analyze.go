@@ -41,9 +41,9 @@ func LoadSnapshot(path string) (*facts.NodeSnapshot, error) {
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
 			line := 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
-			return nil, fmt.Errorf("read snapshot %s: not valid JSON at line %d: %v", path, line, err)
+			return nil, fmt.Errorf("read snapshot %s: not valid JSON at line %d: %w", path, line, err)
 		}
-		return nil, fmt.Errorf("read snapshot %s: not a node snapshot: %v", path, err)
+		return nil, fmt.Errorf("read snapshot %s: not a node snapshot: %w", path, err)
 	}
 	switch {
 	case snap.Version == "":

@@ -164,7 +164,7 @@ func sendUnknownEthertype(t testing.TB, ns, iface string, n int) {
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
+		defer func() { _ = unix.Close(fd) }()
 		const ethertype = 0x88b5
 		var proto [2]byte
 		binary.BigEndian.PutUint16(proto[:], ethertype)
@@ -229,11 +229,11 @@ func holdConnections(t testing.TB, ns, addr string, n int) func() {
 	}
 	return func() {
 		for _, c := range clients {
-			c.Close()
+			_ = c.Close()
 		}
-		ln.Close()
+		_ = ln.Close()
 		for c := range accepted {
-			c.Close()
+			_ = c.Close()
 		}
 	}
 }

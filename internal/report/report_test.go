@@ -138,7 +138,7 @@ func TestColorFor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if ColorFor(f) {
 		t.Error("a regular file is not a terminal")
 	}

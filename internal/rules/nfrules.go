@@ -100,7 +100,9 @@ func runForwardPolicyDrop(in *Input) Result {
 		}
 	}
 	var cases []traceCase
-	for _, pe := range t.Peers {
+	// One peer is enough: the verdict does not depend on which.
+	if len(t.Peers) > 0 {
+		pe := t.Peers[0]
 		out := ""
 		if r, ok := t.Lookup(hostIn(pe.PodCIDR, 2)); ok {
 			out = r.Link
@@ -113,7 +115,6 @@ func runForwardPolicyDrop(in *Input) Result {
 				netfilter.Packet{Src: podIP, Dst: remote, Proto: "tcp", SrcPort: 40000, DstPort: 8080, InIface: bridge, PhysInIface: physIn, OutIface: out}, netfilter.FlowForward},
 			traceCase{fmt.Sprintf("pod %s on another node (in %s) -> pod %s on %s", remote, out, podIP, bridge),
 				netfilter.Packet{Src: remote, Dst: podIP, Proto: "tcp", SrcPort: 40000, DstPort: 8080, InIface: out, OutIface: bridge}, netfilter.FlowForward})
-		break // one peer is enough: the verdict does not depend on which
 	}
 	// Pod to the outside world, through the default route.
 	ext := netip.MustParseAddr("203.0.113.10") // TEST-NET-3: only modelled, never sent
@@ -133,7 +134,7 @@ func runForwardPolicyDrop(in *Input) Result {
 		}
 		if r.drop != nil {
 			last := r.drop.LastHit()
-			if last.Position != 0 || !(strings.EqualFold(last.Chain, "FORWARD") || last.Hook == "forward") {
+			if last.Position != 0 || (!strings.EqualFold(last.Chain, "FORWARD") && last.Hook != "forward") {
 				continue // an explicit rule, not the policy: another fault
 			}
 			ev := []string{fmt.Sprintf("traced %s: %s, %s", c.what, r.drop.Verdict, r.drop.Reason)}
@@ -303,7 +304,7 @@ func runOverlayPortBlocked(in *Input) Result {
 					}
 					ev = append(ev, FormatHits(r.drop.Hits)...)
 					ev = append(ev, "overlay: "+FormatLink(t.Overlay))
-					fix := "remove or narrow the rule that drops it"
+					var fix string
 					if last.Position > 0 {
 						ipt := "iptables"
 						if last.Source == "iptables-legacy" {

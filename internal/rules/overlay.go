@@ -36,10 +36,6 @@ func init() {
 	})
 }
 
-func isZeroMAC(m string) bool {
-	return strings.Trim(strings.ToLower(m), "0:") == ""
-}
-
 func runOverlayFDB(in *Input) Result {
 	t := in.Topology()
 	o := t.Overlay
