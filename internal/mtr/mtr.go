@@ -176,7 +176,7 @@ func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, err
 		}
 		lastSend = time.Now()
 		rounds++
-		if onRound != nil && r > 0 {
+		if onRound != nil {
 			onRound(t.report(rounds, false))
 		}
 		if r < opts.Count-1 { // one round per interval
