@@ -13,6 +13,11 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	labpkg "github.com/netdoctor/netdoctor/internal/lab"
 )
 
@@ -203,9 +208,18 @@ func TestTemporaryAgentHealthyLab(t *testing.T) {
 			t.Errorf("agent on %s: %s %s", c.Node, c.Status, c.Reason)
 		}
 	}
-	out, _, _ := run(time.Minute, "check", "--kubeconfig", lab.kubeconfig, "--no-agent", "-o", "json")
-	if strings.Contains(out, `"netdoctor/netdoctor-target`) {
-		t.Errorf("temporary agent objects still there after check")
+	rc, err := clientcmd.BuildConfigFromFlags("", lab.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(rc)
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, "netdoctor", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("temporary agent's namespace still there after check: %v", err)
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=netdoctor"})
+	if err != nil || len(pods.Items) != 0 {
+		t.Errorf("netdoctor pods left after check: %v %d", err, len(pods.Items))
 	}
 }
 
@@ -259,11 +273,58 @@ func TestFaults(t *testing.T) {
 			if !found {
 				t.Errorf("%s not found on node2 in %s; findings: %v", f.ID, took, serious(r))
 			}
+			broken := 0
+			if r.Matrix != nil {
+				for _, row := range r.Matrix.Rows {
+					for col, c := range row.Cells {
+						if c.Status == "fail" || c.Status == "partial" {
+							broken++
+							t.Logf("matrix: %s (%s) %s %s %d/%d", row.Node, row.Netns, col, c.Status, c.OK, c.Total)
+						}
+					}
+				}
+			}
+			if broken == 0 && f.ID != "bridge-nf-disabled" {
+				t.Errorf("%s: the matrix shows no broken cell", f.ID)
+			}
+			t.Logf("%s found in %s, %d broken matrix cells", f.ID, took, broken)
 			for _, x := range r.Findings {
 				if x.Severity == "critical" && x.Node != "node2" && x.Node != "" && x.ID != "dns-resolution-failed" {
 					t.Logf("note: critical %s on %s (%s)", x.ID, x.Node, x.Message)
 				}
 			}
 		})
+	}
+}
+
+// TestAgentIdleMemory reads the resident memory of the installed agents
+// (the lab runs them as processes of this machine) once they are idle.
+func TestAgentIdleMemory(t *testing.T) {
+	needLab(t)
+	time.Sleep(3 * time.Second)
+	ents, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) != 2 || args[0] != lab.bin || args[1] != "agent" {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				t.Logf("agent pid %s idle %s", e.Name(), strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:")))
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		t.Skip("skipped: no installed agent process found (TestFaults installs it)")
 	}
 }
