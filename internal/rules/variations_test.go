@@ -393,3 +393,62 @@ func FuzzEvaluate(f *testing.F) {
 		}
 	})
 }
+
+// TestLabNodeCapture runs the rules on a snapshot of a node of the real lab
+// (`netdoctor node collect --netns ndlab-mf-node1`: real kube-proxy v1.37.2 in
+// iptables mode with the lab's kubeadm-shaped config, the lab's flannel-like
+// datapath), then on copies with kube-proxy's config edited.
+func TestLabNodeCapture(t *testing.T) {
+	setCIDR := func(cidr string) func(*facts.NodeSnapshot) {
+		return func(s *facts.NodeSnapshot) {
+			for i := range s.Processes {
+				p := &s.Processes[i]
+				if !p.SameNetns {
+					continue
+				}
+				for k, v := range p.Config {
+					var out []string
+					for _, line := range strings.Split(v, "\n") {
+						if strings.HasPrefix(line, "clusterCIDR:") {
+							line = "clusterCIDR: " + cidr
+						}
+						out = append(out, line)
+					}
+					p.Config[k] = strings.Join(out, "\n")
+				}
+			}
+		}
+	}
+	tests := []struct {
+		name   string
+		mutate func(*facts.NodeSnapshot)
+		want   []string
+		inText string
+	}{
+		{"as captured", func(*facts.NodeSnapshot) {}, nil, ""},
+		{"clusterCIDR empty", setCIDR(`""`), []string{"kube-proxy-cluster-cidr-missing"}, `clusterCIDR: ""`},
+		{"clusterCIDR is the service range", setCIDR("198.19.0.0/16"), []string{"kube-proxy-cluster-cidr-wrong"}, "it is the Service range: it holds all"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "lab-node1")
+			tt.mutate(s)
+			r := evaluate(s, nil, rules.Hints{})
+			if got := problems(r); !slices.Equal(got, tt.want) {
+				t.Fatalf("findings %v, want %v", got, tt.want)
+			}
+			for _, c := range r.Checks {
+				if tt.want == nil && c.Status != finding.Pass {
+					t.Errorf("check %s on the healthy lab node: %s (%s)", c.ID, c.Status, c.Reason)
+				}
+			}
+			if tt.want != nil {
+				f := findingOf(r, tt.want[0])
+				text := f.Message + "\n" + strings.Join(f.Evidence, "\n")
+				if !strings.Contains(text, tt.inText) || !strings.Contains(text, "kube-proxy pid 1338: /work/main/bin/netdoctor-k8s kube-proxy --config=/var/lib/kube-proxy/config.conf") {
+					t.Errorf("finding lacks %q or the process:\n%s", tt.inText, text)
+				}
+			}
+		})
+	}
+}
