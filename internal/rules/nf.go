@@ -109,6 +109,15 @@ func (v *nfView) Traceable() (string, bool) {
 	return "", true
 }
 
+// notSeen names the dumps that could not be taken, for a pass reason: the
+// verdict holds for the rules that were read.
+func (v *nfView) notSeen() string {
+	if len(v.Missing) == 0 {
+		return ""
+	}
+	return " (not read: " + strings.Join(v.Missing, "; ") + ")"
+}
+
 // FormatHits renders tracer hits as evidence lines.
 func FormatHits(hits []netfilter.Hit) []string {
 	out := make([]string, 0, len(hits))

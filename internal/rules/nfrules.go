@@ -161,7 +161,7 @@ func runForwardPolicyDrop(in *Input) Result {
 	if len(unknown) > 0 {
 		return Errorf("the tracer could not decide: %s", strings.Join(unknown, "; "))
 	}
-	return Pass("%d forwarded pod packets traced: accepted", len(cases))
+	return Pass("%d forwarded pod packets traced: accepted%s", len(cases), v.notSeen())
 }
 
 // podNetFor is the cluster CIDR when known, else the node's pod CIDR.
@@ -340,5 +340,5 @@ func runOverlayPortBlocked(in *Input) Result {
 	if len(unknown) > 0 {
 		return Errorf("the tracer could not decide for the overlay port: %s", strings.Join(unknown, "; "))
 	}
-	return Pass("%d overlay packets traced (%s udp/%v to/from %d peer(s)): accepted%s", traced, kind, ports, len(peers), note)
+	return Pass("%d overlay packets traced (%s udp/%v to/from %d peer(s)): accepted%s%s", traced, kind, ports, len(peers), note, v.notSeen())
 }
