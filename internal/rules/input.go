@@ -457,7 +457,7 @@ func FlagValue(cmdline []string, name string) (string, bool) {
 }
 
 // cniPrefixes are link-name prefixes that belong to CNI plugins.
-var cniPrefixes = []string{"cni", "cbr0", "flannel", "cali", "cilium_", "lxc", "vxlan.calico", "tunl0", "weave", "kube-bridge", "kube-ipvs0", "genev_sys", "nodelocaldns", "vxlan-v6.calico", "antrea", "ovn", "docker0"}
+var cniPrefixes = []string{"cni", "cbr0", "flannel", "cali", "cilium_", "lxc", "vxlan.calico", "tunl0", "weave", "kube-bridge", "kube-ipvs0", "genev_sys", "nodelocaldns", "vxlan-v6.calico", "antrea", "ovn"}
 
 // IsCNILink reports whether a link belongs to the pod network: the pod
 // bridge, its veths, the overlay device, or a name CNI plugins use.
@@ -571,7 +571,9 @@ func ParsePrefixOrAddr(s string) (netip.Prefix, error) {
 func (t *Topology) Uplinks() []*facts.Link {
 	var out []*facts.Link
 	for _, l := range t.Links {
-		if l.Name == "lo" || t.IsCNILink(l.Name) || !l.Up {
+		// docker0 is a host network (its overlap with pods is a fault worth
+		// reporting) but not a way in or out of the node.
+		if l.Name == "lo" || l.Name == "docker0" || t.IsCNILink(l.Name) || !l.Up {
 			continue
 		}
 		if len(t.GlobalV4(l.Name)) > 0 {

@@ -223,6 +223,11 @@ func TestRuleVariations(t *testing.T) {
 		{name: "an unsupported match on the overlay path is an error, not a pass", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
 			s.Netfilter.IptablesNft = strings.Replace(s.Netfilter.IptablesNft, "-A INPUT -j KUBE-FIREWALL\n", "-A INPUT -p udp -m u32 --u32 \"0x0>>0x16&0x3c@0x8=0x2118\" -j DROP\n-A INPUT -j KUBE-FIREWALL\n", 1)
 		}, checkID: "overlay-port-blocked", status: finding.Error},
+		{name: "docker0 inside the pod network", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			s.Links = append(s.Links, facts.Link{Index: 99, Name: "docker0", Type: "bridge", MTU: 1500, Up: true, State: "down"})
+			s.Addresses = append(s.Addresses, facts.Address{Link: "docker0", CIDR: "198.18.128.1/17", Family: 4, Scope: "global"})
+			s.Routes = append(s.Routes, facts.Route{Table: 254, Type: "unicast", Dst: "198.18.128.0/17", Link: "docker0", Protocol: "kernel", Scope: "link", Src: "198.18.128.1", Family: 4})
+		}, want: []string{"pod-cidr-overlap"}, sev: finding.Warning, inMsg: "address 198.18.128.1/17 on docker0"},
 		{name: "ip_forward off on a machine without pods is info", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
 			*s = facts.NodeSnapshot{Version: facts.NodeSnapshotVersion, Node: "node-1", Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}
 		}, hints: &rules.Hints{}, checkID: "ip-forward-disabled", status: finding.Fail},
