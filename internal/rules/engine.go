@@ -24,7 +24,7 @@ type Rule struct {
 // Result is how one run of a rule ended.
 type Result struct {
 	// Status is pass, fail, skipped or error. Left empty, it is fail when
-	// Findings is not empty, else pass.
+	// a finding is a warning or critical, else pass (info findings are notes).
 	Status   finding.Status
 	Reason   string // why skipped/error, or a short note for pass
 	Findings []finding.Finding
@@ -108,14 +108,25 @@ func RunRules(in *Input, rs []Rule) ([]finding.Finding, []finding.Check) {
 			}
 			fs = append(fs, f)
 		}
-		st := res.Status
+		st, reason := res.Status, res.Reason
 		if st == "" {
+			// Fail when a finding is a fault (warning or critical); a rule
+			// that only left a note (info) passed.
 			st = finding.Pass
-			if len(res.Findings) > 0 {
-				st = finding.Fail
+			for _, f := range res.Findings {
+				sev := f.Severity
+				if sev == "" {
+					sev = r.Severity
+				}
+				if sev.Rank() >= finding.Warning.Rank() {
+					st = finding.Fail
+				}
+			}
+			if st == finding.Pass && len(res.Findings) > 0 && reason == "" {
+				reason = "note only (info finding)"
 			}
 		}
-		cs = append(cs, finding.Check{ID: r.ID, Node: node, Status: st, Reason: res.Reason})
+		cs = append(cs, finding.Check{ID: r.ID, Node: node, Status: st, Reason: reason})
 	}
 	return fs, cs
 }
