@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -163,12 +164,18 @@ func healWrongTargetPort(ctx context.Context, t Target, d map[string]string) err
 func applyBackend(ctx context.Context, t Target, bind string) error {
 	labels := map[string]string{"app": backendName}
 	one := int32(1)
+	// The new pod is created while the old one still holds its address (surge), and the old
+	// one goes at once (a loopback-bound pod never gets ready): the new pod has a fresh IP, so
+	// no neighbour cache still maps a reused address to the old pod's MAC.
+	one32, surge := intstr.FromInt32(1), intstr.FromInt32(1)
+	strategy := appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType,
+		RollingUpdate: &appsv1.RollingUpdateDeployment{MaxUnavailable: &one32, MaxSurge: &surge}}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: backendName, Namespace: metav1.NamespaceDefault, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &one,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+			Strategy: strategy,
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
@@ -194,7 +201,7 @@ func applyBackend(ctx context.Context, t Target, bind string) error {
 	if err != nil {
 		return fmt.Errorf("apply deployment default/%s: %w", backendName, err)
 	}
-	return waitFor(ctx, 60*time.Second, "backend pod listening on "+bindName(bind), func() (bool, string) {
+	if err := waitFor(ctx, 60*time.Second, "backend pod listening on "+bindName(bind), func() (bool, string) {
 		p, err := backendPod(ctx, t.Lab)
 		if err != nil {
 			return false, err.Error()
@@ -210,6 +217,27 @@ func applyBackend(ctx context.Context, t Target, bind string) error {
 			return false, "pod " + p.Name + " not ready"
 		}
 		return true, ""
+	}); err != nil {
+		return err
+	}
+	// The lab's IPAM hands out the lowest free address: a pod on the node may still map a
+	// reused one to a gone pod's MAC until its neighbour entry goes stale. Wait until the web
+	// pod on the node reaches the backend as it now is (answers, or refuses on loopback-only).
+	pr := NewProber(t.Lab)
+	web, err := pr.WebPod(ctx, t.Node)
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, 60*time.Second, "the web pod on "+t.Node+" to reach the backend", func() (bool, string) {
+		b, err := pr.backendRef(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		err = HTTPGet(ctx, web.Netns, net.JoinHostPort(b.IP, "80"), "pod "+b.Name)
+		if bind == "" {
+			return err == nil, fmt.Sprint(err)
+		}
+		return err != nil && errors.Is(err, syscall.ECONNREFUSED), fmt.Sprint(err)
 	})
 }
 
