@@ -69,6 +69,18 @@ func runIPForward(in *Input) Result {
 		return Skip("%s", in.sysctlMissing("net.ipv4.ip_forward"))
 	}
 	if v != "0" {
+		// Dual-stack pods need IPv6 forwarding too.
+		if v6, ok := in.sysctl("net.ipv6.conf.all.forwarding"); ok && v6 == "0" {
+			if pods := in.ipv6PodEvidence(); pods != "" {
+				return Result{Findings: []finding.Finding{{
+					Subject:  "net.ipv6.conf.all.forwarding",
+					Message:  "IPv6 forwarding is off on a node with IPv6 pods: their IPv6 traffic to other nodes and Services is dropped (IPv4 works, so dual-stack clients may only see slow fallbacks)",
+					Evidence: []string{"sysctl net.ipv4.ip_forward = " + v, "sysctl net.ipv6.conf.all.forwarding = 0", pods},
+					Remediation: "sysctl -w net.ipv6.conf.all.forwarding=1 and persist it in /etc/sysctl.d/; " +
+						"verify: sysctl net.ipv6.conf.all.forwarding prints 1 and a pod reaches a pod on another node over IPv6",
+				}}}
+			}
+		}
 		return Pass("net.ipv4.ip_forward = %s", v)
 	}
 	ev := []string{"sysctl net.ipv4.ip_forward = 0"}
@@ -241,4 +253,22 @@ func (in *Input) looksLikeNode() bool {
 	}
 	kp := in.kubeProxy()
 	return kp.proc != nil || kp.rulesSeen
+}
+
+// ipv6PodEvidence says why the node has IPv6 pods (a global IPv6 address on
+// the pod bridge, flannel's IPv6 subnet), or "".
+func (in *Input) ipv6PodEvidence() string {
+	t := in.Topology()
+	if f := in.Node.Flannel; f != nil && f.IPv6Subnet != "" {
+		return FlannelSubnetEnv + " FLANNEL_IPV6_SUBNET=" + f.IPv6Subnet
+	}
+	if t.PodBridge == nil {
+		return ""
+	}
+	for _, a := range t.Addrs {
+		if a.Link == t.PodBridge.Name && a.Prefix.Addr().Is6() && a.Prefix.Addr().IsGlobalUnicast() {
+			return fmt.Sprintf("pod bridge %s has IPv6 address %s", a.Link, a.Prefix)
+		}
+	}
+	return ""
 }

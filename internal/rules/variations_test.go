@@ -228,6 +228,12 @@ func TestRuleVariations(t *testing.T) {
 			s.Addresses = append(s.Addresses, facts.Address{Link: "docker0", CIDR: "198.18.128.1/17", Family: 4, Scope: "global"})
 			s.Routes = append(s.Routes, facts.Route{Table: 254, Type: "unicast", Dst: "198.18.128.0/17", Link: "docker0", Protocol: "kernel", Scope: "link", Src: "198.18.128.1", Family: 4})
 		}, want: []string{"pod-cidr-overlap"}, sev: finding.Warning, inMsg: "address 198.18.128.1/17 on docker0"},
+		{name: "IPv6 forwarding off with IPv6 pods", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			s.Sysctls["net.ipv6.conf.all.forwarding"] = "0"
+			s.Addresses = append(s.Addresses, facts.Address{Link: "cni0", CIDR: "2001:db8:129::1/64", Family: 6, Scope: "global"})
+		}, want: []string{"ip-forward-disabled"}, inMsg: "pod bridge cni0 has IPv6 address 2001:db8:129::1/64"},
+		{name: "IPv6 forwarding off without IPv6 pods", mutate: func(_ testing.TB, s *facts.NodeSnapshot) { s.Sysctls["net.ipv6.conf.all.forwarding"] = "0" },
+			checkID: "ip-forward-disabled", status: finding.Pass},
 		{name: "ip_forward off on a machine without pods is info", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
 			*s = facts.NodeSnapshot{Version: facts.NodeSnapshotVersion, Node: "node-1", Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}
 		}, hints: &rules.Hints{}, checkID: "ip-forward-disabled", status: finding.Pass},
