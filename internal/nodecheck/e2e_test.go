@@ -161,6 +161,8 @@ func TestNodeCheckEndToEnd(t *testing.T) {
 		// is collected before and after the injection (`node collect`) and
 		// the pair analysed (`analyze AFTER --before BEFORE`).
 		twoSnapshots bool
+		// bigBroken: full-size DF packets from pod A to pod C are lost, small ones pass.
+		bigBroken bool
 	}{
 		{name: "ip-forward-disabled", want: "ip-forward-disabled", broken: true,
 			inject: sh("sysctl", "-qw", "net.ipv4.ip_forward=0"), heal: sh("sysctl", "-qw", "net.ipv4.ip_forward=1")},
@@ -210,7 +212,7 @@ func TestNodeCheckEndToEnd(t *testing.T) {
 				addVTEP(t, nodeSide(nodeNS), nodeIP)
 				mustRunIn(t, nodeNS, "ip", "addr", "del", "198.18.0.21/24", "dev", "eth0")
 			}},
-		{name: "mtu-mismatch", want: "mtu-mismatch",
+		{name: "mtu-mismatch", want: "mtu-mismatch", bigBroken: true,
 			inject: sh("ip", "link", "set", "eth0", "mtu", "1400"), heal: sh("ip", "link", "set", "eth0", "mtu", "1500")},
 		{name: "rp-filter-strict", want: "rp-filter-strict",
 			inject: func(t *testing.T) {
@@ -302,6 +304,9 @@ func TestNodeCheckEndToEnd(t *testing.T) {
 			if c := checkStatus(r, tt.want); c.Status != finding.Fail {
 				t.Errorf("check %s status %s, want fail", tt.want, c.Status)
 			}
+			if tt.bigBroken && (!lab.ping(t, podC) || lab.pingDF(t, podC, 1422)) {
+				t.Errorf("the injected fault %s should pass small pings and lose 1422-byte DF pings from pod %s to pod %s", tt.name, podA, podC)
+			}
 			if tt.broken && lab.ping(t, podC) {
 				t.Errorf("the injected fault %s did not break pod %s -> pod %s: the lab does not prove it", tt.name, podA, podC)
 			}
@@ -309,6 +314,9 @@ func TestNodeCheckEndToEnd(t *testing.T) {
 			heal()
 			if !lab.ping(t, podC) {
 				t.Fatalf("healing %s did not restore pod %s -> pod %s", tt.name, podA, podC)
+			}
+			if tt.bigBroken && !lab.pingDF(t, podC, 1422) {
+				t.Fatalf("healing %s did not restore 1422-byte DF pings", tt.name)
 			}
 			if r, _ := nodeCheck(t, lab); len(problems(r)) != 0 {
 				t.Fatalf("after healing %s the node still has findings %v", tt.name, problems(r))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +148,14 @@ func newFlannelLab(t testing.TB) *flannelLab {
 func (l *flannelLab) ping(t testing.TB, dst string) bool {
 	t.Helper()
 	_, err := testutil.Run(t, l.podA, "ping", "-c", "1", "-W", "1", dst)
+	return err == nil
+}
+
+// pingDF reports whether pod A reaches dst with one don't-fragment echo of
+// size bytes of payload (1422 + 28 = 1450, flannel.1's MTU).
+func (l *flannelLab) pingDF(t testing.TB, dst string, size int) bool {
+	t.Helper()
+	_, err := testutil.Run(t, l.podA, "ping", "-c", "1", "-W", "1", "-M", "do", "-s", strconv.Itoa(size), dst)
 	return err == nil
 }
 
