@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -121,6 +122,9 @@ func (a *Agent) consider(ctx context.Context, cm *corev1.ConfigMap) {
 		if err := a.Serve(ctx, req); err != nil {
 			a.Log.Warn("answer request", "id", req.ID, "err", err)
 		}
+		// The analysis (rulesets, snapshots) is garbage now: give the
+		// memory back so that the idle agent stays small on every node.
+		debug.FreeOSMemory()
 	}()
 }
 

@@ -122,7 +122,13 @@ func targetOn(s *Snapshot, n Node) NodeTarget {
 		if p.Labels[LabelAppName] == TargetName && p.Ready {
 			score = 3
 		}
-		if score > bestScore || (score == bestScore && best != nil && p.Namespace+"/"+p.Name < best.Namespace+"/"+best.Name) {
+		if p.Namespace == KubeSystem {
+			// Never probe from (or to) a system pod when anything else
+			// runs there: a CoreDNS pod asking the DNS Service may be sent
+			// to itself (hairpin), which says nothing about the node.
+			score = 0
+		}
+		if best == nil || score > bestScore || (score == bestScore && p.Namespace+"/"+p.Name < best.Namespace+"/"+best.Name) {
 			best, bestScore, bestPort = p, score, port
 		}
 	}

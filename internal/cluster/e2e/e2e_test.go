@@ -313,16 +313,21 @@ func TestAgentIdleMemory(t *testing.T) {
 		if len(args) != 2 || args[0] != lab.bin || args[1] != "agent" {
 			continue
 		}
-		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		// Rss counts the binary's text pages (file-backed, shared with every
+		// process of the same binary, reclaimable); Anon is the agent's own.
+		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "smaps_rollup"))
 		if err != nil {
 			continue
 		}
+		var parts []string
 		for _, line := range strings.Split(string(st), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
-				t.Logf("agent pid %s idle %s", e.Name(), strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:")))
-				n++
+			f := strings.Fields(line)
+			if len(f) >= 2 && (f[0] == "Rss:" || f[0] == "Pss:" || f[0] == "Anonymous:") {
+				parts = append(parts, f[0]+" "+f[1]+" kB")
 			}
 		}
+		t.Logf("agent pid %s idle: %s", e.Name(), strings.Join(parts, ", "))
+		n++
 	}
 	if n == 0 {
 		t.Skip("skipped: no installed agent process found (TestFaults installs it)")
