@@ -109,6 +109,9 @@ func bridged(t testing.TB) (client, bridge, server string) {
 		testutil.MustRun(t, e.ns, "ip", "addr", "add", e.addr, "dev", e.dev)
 		testutil.MustRun(t, e.ns, "ip", "link", "set", e.dev, "up")
 	}
+	// New links drop packets until the kernel has activated them (and the
+	// bridge port has gone to forwarding): wait for the path to work.
+	testutil.MustRun(t, client, "ping", "-c", "1", "-w", "5", "198.18.40.2")
 	return client, bridge, server
 }
 
@@ -317,6 +320,7 @@ func routed(t testing.TB) (client, router, server string) {
 	testutil.MustRun(t, server, "ip", "link", "set", "s0", "up")
 	testutil.MustRun(t, server, "ip", "route", "add", "default", "via", "198.18.42.1")
 	testutil.MustRun(t, router, "iptables", "-A", "OUTPUT", "-p", "icmp", "--icmp-type", "fragmentation-needed", "-j", "DROP")
+	testutil.MustRun(t, client, "ping", "-c", "1", "-w", "5", "198.18.42.2") // links activated, ARP resolved
 	return client, router, server
 }
 
@@ -457,7 +461,7 @@ func TestCaptureVXLANAndUplink(t *testing.T) {
 		testutil.MustRun(t, ns, "ip", "link", "set", "vx0", "up")
 	}
 	udpSink(t, n2, "198.18.61.2:9999")
-	testutil.MustRun(t, n1, "ping", "-c", "1", "-W", "1", "198.18.61.2") // resolve the overlay neighbour first
+	testutil.MustRun(t, n1, "ping", "-c", "1", "-w", "5", "198.18.61.2") // links activated, overlay neighbour resolved
 	file := filepath.Join(t.TempDir(), "vx.pcapng")
 	f, err := os.Create(file)
 	if err != nil {

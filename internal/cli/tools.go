@@ -239,6 +239,9 @@ func attemptLine(target string, a tcping.Attempt) string {
 	switch a.Outcome {
 	case tcping.Connected:
 		s := fmt.Sprintf("seq=%d %s: connected time=%.3f ms", a.Seq, target, a.RTT)
+		if a.KernelRTT > 0 {
+			s += fmt.Sprintf(" (handshake %.3f ms)", a.KernelRTT)
+		}
 		if a.Rcode != "" {
 			s += fmt.Sprintf(" rcode=%s answers=%d", a.Rcode, a.Answers)
 		}
@@ -258,6 +261,10 @@ func printTcpingSummary(w io.Writer, r *tcping.Result) {
 	if s.RTT.Count > 0 {
 		fmt.Fprintf(w, "time min/avg/max/stdev = %.3f/%.3f/%.3f/%.3f ms, p50/p90/p99 = %.3f/%.3f/%.3f ms\n",
 			s.RTT.Min, s.RTT.Avg, s.RTT.Max, s.RTT.Stdev, s.RTT.P50, s.RTT.P90, s.RTT.P99)
+	}
+	if k := s.KernelRTT; k != nil {
+		fmt.Fprintf(w, "handshake (kernel) min/avg/max/stdev = %.3f/%.3f/%.3f/%.3f ms, p50/p90/p99 = %.3f/%.3f/%.3f ms\n",
+			k.Min, k.Avg, k.Max, k.Stdev, k.P50, k.P90, k.P99)
 	}
 	for rc, n := range s.Rcodes {
 		fmt.Fprintf(w, "rcode %s: %d\n", rc, n)

@@ -98,6 +98,7 @@ func TestTcpingAndTraceJSON(t *testing.T) {
 	testutil.MustRun(t, client, "ip", "link", "set", "c0", "up")
 	testutil.MustRun(t, server, "ip", "addr", "add", "198.18.51.2/24", "dev", "s0")
 	testutil.MustRun(t, server, "ip", "link", "set", "s0", "up")
+	testutil.MustRun(t, client, "ping", "-c", "1", "-w", "5", "198.18.51.2") // links activated, ARP resolved
 	var l net.Listener
 	if err := namespace.Do(testutil.Path(server), func() error {
 		var err error

@@ -153,6 +153,9 @@ func chain(t testing.TB) []string {
 			testutil.MustRun(t, ns[i], "ip", "route", "add", fmt.Sprintf("198.18.3%d.0/24", j), "via", via)
 		}
 	}
+	// New veths drop packets until the kernel has activated them, and the
+	// first packets wait for ARP: warm the path up before measuring loss.
+	testutil.MustRun(t, ns[0], "ping", "-c", "1", "-w", "5", "198.18.34.2")
 	return ns
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netdoctor/netdoctor/internal/namespace"
 )
@@ -60,23 +61,28 @@ type Options struct {
 type Attempt struct {
 	Seq     int     `json:"seq"`
 	Outcome Outcome `json:"outcome"`
-	RTT     float64 `json:"rttMs"`             // time to the outcome, milliseconds
-	Local   string  `json:"local,omitempty"`   // local address:port used
-	Rcode   string  `json:"rcode,omitempty"`   // DNS: response code
-	Answers int     `json:"answers,omitempty"` // DNS: answer records
-	Error   string  `json:"error,omitempty"`
+	RTT     float64 `json:"rttMs"` // time to the outcome, milliseconds
+	// KernelRTT is the handshake round trip the kernel measured (TCP_INFO),
+	// free of Go scheduling delays; TCP connects only.
+	KernelRTT float64 `json:"kernelRttMs,omitempty"`
+	Local     string  `json:"local,omitempty"`   // local address:port used
+	Rcode     string  `json:"rcode,omitempty"`   // DNS: response code
+	Answers   int     `json:"answers,omitempty"` // DNS: answer records
+	Error     string  `json:"error,omitempty"`
 }
 
 // Summary counts the attempts; Loss is the share that did not connect.
 type Summary struct {
-	Sent    int            `json:"sent"`
-	OK      int            `json:"ok"`
-	Refused int            `json:"refused"`
-	Timeout int            `json:"timeout"`
-	Errors  int            `json:"errors"`
-	Loss    float64        `json:"lossPercent"`
-	RTT     Stats          `json:"rtt"` // over successful attempts only
-	Rcodes  map[string]int `json:"rcodes,omitempty"`
+	Sent    int     `json:"sent"`
+	OK      int     `json:"ok"`
+	Refused int     `json:"refused"`
+	Timeout int     `json:"timeout"`
+	Errors  int     `json:"errors"`
+	Loss    float64 `json:"lossPercent"`
+	RTT     Stats   `json:"rtt"` // over successful attempts only
+	// KernelRTT are the statistics of the kernel's handshake RTTs (TCP).
+	KernelRTT *Stats         `json:"kernelRtt,omitempty"`
+	Rcodes    map[string]int `json:"rcodes,omitempty"`
 }
 
 // Result is a whole run.
@@ -184,12 +190,15 @@ func Run(ctx context.Context, opts Options, onAttempt func(Attempt)) (*Result, e
 // Summarize counts outcomes and computes the statistics of successful attempts.
 func Summarize(attempts []Attempt) Summary {
 	s := Summary{Sent: len(attempts)}
-	var rtts []time.Duration
+	var rtts, krtts []time.Duration
 	for _, a := range attempts {
 		switch a.Outcome {
 		case Connected:
 			s.OK++
 			rtts = append(rtts, time.Duration(a.RTT*float64(time.Millisecond)))
+			if a.KernelRTT > 0 {
+				krtts = append(krtts, time.Duration(a.KernelRTT*float64(time.Millisecond)))
+			}
 		case Refused:
 			s.Refused++
 		case Timeout:
@@ -208,6 +217,10 @@ func Summarize(attempts []Attempt) Summary {
 		s.Loss = 100 * float64(s.Sent-s.OK) / float64(s.Sent)
 	}
 	s.RTT = ComputeStats(rtts)
+	if len(krtts) > 0 {
+		k := ComputeStats(krtts)
+		s.KernelRTT = &k
+	}
 	return s
 }
 
@@ -277,8 +290,15 @@ func probeTCP(ctx context.Context, opts Options, addr string) Attempt {
 	}
 	a.Outcome = Connected
 	a.Local = c.LocalAddr().String()
-	// RST instead of FIN: no TIME_WAIT pile-up on either side over many attempts.
 	if tc, ok := c.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) {
+				if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && info.Rtt > 0 {
+					a.KernelRTT = float64(info.Rtt) / 1000
+				}
+			})
+		}
+		// RST instead of FIN: no TIME_WAIT pile-up on either side over many attempts.
 		_ = tc.SetLinger(0)
 	}
 	_ = c.Close()

@@ -83,6 +83,9 @@ func pair(t *testing.T) (client, server string) {
 	testutil.MustRun(t, client, "ip", "link", "set", "c0", "up")
 	testutil.MustRun(t, server, "ip", "addr", "add", "198.18.10.2/24", "dev", "s0")
 	testutil.MustRun(t, server, "ip", "link", "set", "s0", "up")
+	// A new veth drops packets until the kernel has activated it (carrier,
+	// qdisc): wait for the path to work before measuring it.
+	testutil.MustRun(t, client, "ping", "-c", "1", "-w", "5", "198.18.10.2")
 	return client, server
 }
 
@@ -140,6 +143,16 @@ func TestTCPLossRefusedTimeout(t *testing.T) {
 	}
 	if s.RTT.Count != s.OK || s.RTT.Min <= 0 || s.RTT.P99 < s.RTT.P50 {
 		t.Errorf("rtt stats inconsistent: %+v", s.RTT)
+	}
+	// The kernel's handshake RTT is there for every connect and never above
+	// the wall-clock connect time.
+	if s.KernelRTT == nil || s.KernelRTT.Count != s.OK {
+		t.Errorf("kernel RTT stats: %+v", s.KernelRTT)
+	}
+	for _, a := range res.Attempts {
+		if a.Outcome == Connected && (a.KernelRTT <= 0 || a.KernelRTT > a.RTT+0.001) {
+			t.Errorf("attempt %d: kernel RTT %.3fms, connect time %.3fms", a.Seq, a.KernelRTT, a.RTT)
+		}
 	}
 
 	o = base
