@@ -449,7 +449,7 @@ nodes), and for every flow the points where it was and was not seen.`,
 				if err != nil {
 					return fmt.Errorf("create temporary capture file: %w", err)
 				}
-				f.Close()
+				_ = f.Close()
 				tmp, path = f.Name(), f.Name()
 				defer func() { _ = os.Remove(tmp) }()
 			}
@@ -517,7 +517,7 @@ nodes), and for every flow the points where it was and was not seen.`,
 					fmt.Fprintf(out, "  %s: %d packets, %d dropped by the kernel\n", p.Label, p.Written, p.KernelDrops)
 				}
 				if an != nil {
-					fmt.Fprint(out, an.Text())
+					_, _ = fmt.Fprint(out, an.Text())
 				}
 			}
 			if an != nil && len(an.Findings) > 0 {
@@ -659,7 +659,7 @@ func printAnalysis(w io.Writer, an *capture.Analysis) error {
 			return err
 		}
 	} else {
-		fmt.Fprint(w, an.Text())
+		_, _ = fmt.Fprint(w, an.Text())
 	}
 	if len(an.Findings) > 0 {
 		return FindingsExit()

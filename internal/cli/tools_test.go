@@ -114,7 +114,7 @@ func TestTcpingAndTraceJSON(t *testing.T) {
 			if err != nil {
 				return
 			}
-			c.Close()
+			_ = c.Close()
 		}
 	}()
 	code, out, errOut := runTool(t, "tcping", "--netns", client, "-c", "3", "-i", "10ms", "-o", "json", "198.18.51.2:80")
