@@ -59,13 +59,13 @@ func (p *Prober) probeMore(ctx context.Context, kind ProbeKind, src, dst PodRef,
 	nodeNS := lab.NetnsPath(lab.NetnsPrefix(cfg.Name) + fromNode)
 	switch kind {
 	case NodeService:
-		ip, err := p.LocalService(ctx, dst, fromNode)
+		ip, err := p.programmedService(ctx, dst, fromNode)
 		if err != nil {
 			return err
 		}
 		return HTTPGet(ctx, nodeNS, net.JoinHostPort(ip, "80"), "pod "+dst.Name)
 	case NodeServiceMasq:
-		ip, err := p.LocalService(ctx, dst, fromNode)
+		ip, err := p.programmedService(ctx, dst, fromNode)
 		if err != nil {
 			return err
 		}
@@ -82,7 +82,7 @@ func (p *Prober) probeMore(ctx context.Context, kind ProbeKind, src, dst PodRef,
 		}
 		return nil
 	case PodServiceNoSNAT:
-		ip, err := p.LocalService(ctx, dst, fromNode)
+		ip, err := p.programmedService(ctx, dst, fromNode)
 		if err != nil {
 			return err
 		}
@@ -135,6 +135,38 @@ func (p *Prober) probeMore(ctx context.Context, kind ProbeKind, src, dst PodRef,
 		return probeNewNodeCIDR(ctx, p.L)
 	}
 	return fmt.Errorf("unknown probe kind %q", kind)
+}
+
+// programmedService is LocalService, waiting further until kube-proxy on fromNode sends the
+// ClusterIP to a service chain with endpoints (nftables lists a Service without endpoints in
+// its reject map first, which LocalService's wait takes for programmed).
+func (p *Prober) programmedService(ctx context.Context, dst PodRef, fromNode string) (string, error) {
+	ip, err := p.LocalService(ctx, dst, fromNode)
+	if err != nil {
+		return "", err
+	}
+	cfg := p.L.State.Config
+	ns := lab.NetnsPrefix(cfg.Name) + fromNode
+	mark := "-d " + ip + "/32"
+	if cfg.ProxyMode == "nftables" {
+		mark = ip + " . tcp . 80 : goto service-"
+	}
+	err = waitFor(ctx, 15*time.Second, "kube-proxy on "+fromNode+" to send "+ip+" to its endpoints", func() (bool, string) {
+		rules, err := lab.ProxyRules(ctx, ns, cfg.ProxyMode)
+		if err != nil {
+			return false, err.Error()
+		}
+		if cfg.ProxyMode == "nftables" {
+			return strings.Contains(rules, mark), "no service-ips element yet"
+		}
+		for _, line := range strings.Split(rules, "\n") {
+			if strings.HasPrefix(line, "-A KUBE-SERVICES ") && strings.Contains(line, mark) && strings.Contains(line, "-j KUBE-SVC-") {
+				return true, ""
+			}
+		}
+		return false, "no KUBE-SERVICES jump yet"
+	})
+	return ip, err
 }
 
 // connectAndReadReplyDst connects from the namespace at fromNS to ip:80 with an HTTP GET
