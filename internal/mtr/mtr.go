@@ -81,6 +81,7 @@ type tracer struct {
 	seq    uint16
 	icmpFD int
 	udpFD  int
+	tcpFD  int // tcp mode: raw TCP socket that sees the destination's SYN-ACK or RST
 	udpSrc uint16
 }
 
@@ -140,7 +141,7 @@ func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, err
 		return nil, err
 	}
 	t := &tracer{opts: opts, dst: dst, id: uint16(rand.UintN(1 << 16)), probes: map[uint16]*probe{},
-		txIDs: map[uint32]*probe{}, icmp: map[int]string{}, seq: uint16(rand.UintN(1 << 16)), icmpFD: -1, udpFD: -1}
+		txIDs: map[uint32]*probe{}, icmp: map[int]string{}, seq: uint16(rand.UintN(1 << 16)), icmpFD: -1, udpFD: -1, tcpFD: -1}
 	if err := namespace.Do(opts.Netns, t.openSockets); err != nil {
 		return nil, err
 	}
@@ -149,6 +150,10 @@ func Run(ctx context.Context, opts Options, onRound func(*Report)) (*Report, err
 	stop := make(chan struct{})
 	wg.Add(1)
 	go func() { defer wg.Done(); t.receive(stop) }()
+	if t.tcpFD >= 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.receiveTCP(stop) }()
+	}
 	defer func() { close(stop); wg.Wait() }()
 
 	rounds := 0
@@ -229,6 +234,15 @@ func (t *tracer) openSockets() error {
 	}
 	if t.opts.Protocol == ICMP {
 		t.txOK = enableTxTimestamps(fd)
+	}
+	if t.opts.Protocol == TCP {
+		// The destination's answer with a kernel timestamp, as for ICMP
+		// (connect's own completion is only seen when Go gets to it).
+		if r, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP); err == nil {
+			t.tcpFD = r
+			_ = unix.SetsockoptInt(r, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+			_ = unix.SetsockoptTimeval(r, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		}
 	}
 	if t.opts.Protocol == UDP {
 		u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -314,6 +328,10 @@ func (t *tracer) closeSockets() {
 	if t.udpFD >= 0 {
 		_ = unix.Close(t.udpFD)
 		t.udpFD = -1
+	}
+	if t.tcpFD >= 0 {
+		_ = unix.Close(t.tcpFD)
+		t.tcpFD = -1
 	}
 	for _, p := range t.probes {
 		if p.fd >= 0 {
@@ -431,7 +449,7 @@ func (t *tracer) waitTCP(port uint16, p *probe, fd int) {
 		done := p.done || p.fd < 0
 		t.mu.Unlock()
 		if done {
-			return
+			break // answered (ICMP or raw listener): close below
 		}
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 		n, err := unix.Poll(fds, 20)
@@ -489,25 +507,77 @@ func (t *tracer) receive(stop chan struct{}) {
 		default:
 		}
 		t.drainTx()
-		n, oobn, _, _, err := unix.Recvmsg(t.icmpFD, buf, oob, 0)
+		n, at, err := recvStamped(t.icmpFD, buf, oob)
 		if err != nil {
 			continue // EAGAIN after the receive timeout, or EINTR
-		}
-		at := time.Now()
-		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, m := range msgs {
-				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
-					sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
-					nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
-					at = time.Unix(sec, nsec)
-				}
-			}
 		}
 		r, ok, err := ParseReply(buf[:n])
 		if err != nil || !ok {
 			continue
 		}
 		t.match(r, at)
+	}
+}
+
+// recvStamped reads one packet and its kernel receive timestamp.
+func recvStamped(fd int, buf, oob []byte) (int, time.Time, error) {
+	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	at := time.Now()
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
+				sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+				nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+				at = time.Unix(sec, nsec)
+			}
+		}
+	}
+	return n, at, nil
+}
+
+// receiveTCP reads the raw TCP socket until stop is closed and matches the
+// destination's SYN-ACK or RST to the probe whose source port it answers.
+func (t *tracer) receiveTCP(stop chan struct{}) {
+	buf := make([]byte, 1500)
+	oob := make([]byte, 128)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		n, at, err := recvStamped(t.tcpFD, buf, oob)
+		if err != nil || n < 20 {
+			continue
+		}
+		ihl := int(buf[0]&0x0f) * 4
+		if buf[0]>>4 != 4 || n < ihl+14 || !net.IP(buf[12:16]).Equal(t.dst) {
+			continue
+		}
+		tcp := buf[ihl:n]
+		sport, dport, flags := binary.BigEndian.Uint16(tcp[0:2]), binary.BigEndian.Uint16(tcp[2:4]), tcp[13]
+		if int(sport) != t.opts.Port || (flags&0x12 != 0x12 && flags&0x04 == 0) { // SYN-ACK or RST
+			continue
+		}
+		t.mu.Lock()
+		if p := t.probes[dport]; p != nil && at.Sub(p.sent) <= t.opts.Timeout {
+			switch {
+			case p.from == nil:
+				t.record(p, t.dst, at)
+				t.reached(p.ttl)
+				p.done = true
+				if p.fd >= 0 {
+					_ = unix.Close(p.fd) // RST (linger 0): the probe is answered
+					p.fd = -1
+				}
+			case p.from.Equal(t.dst) && at.Before(p.rx):
+				p.rx = at // connect's completion was seen first, later
+			}
+		}
+		t.mu.Unlock()
 	}
 }
 
