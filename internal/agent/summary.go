@@ -184,7 +184,50 @@ func Summarize(node string, snap *facts.NodeSnapshot, h Hints) cluster.NodeSumma
 			s.KubeProxy = cluster.KubeProxyStateOf(p)
 		}
 	}
+	if kp := s.KubeProxy; kp != nil && kp.Flags["cluster-cidr"] == "" {
+		if v, from := masqueradeCIDR(snap); v != "" {
+			kp.Flags["cluster-cidr"], kp.ClusterCIDRFrom = v, from
+		}
+	}
 	return s
+}
+
+// masqueradeCIDR reads kube-proxy's clusterCIDR back from its iptables
+// rules: with clusterCIDR set, each KUBE-SVC-* chain starts with
+// "! -s CIDR ... -j KUBE-MARK-MASQ".
+func masqueradeCIDR(snap *facts.NodeSnapshot) (string, string) {
+	for _, text := range []string{snap.Netfilter.IptablesNft, snap.Netfilter.IptablesLegacy} {
+		if !strings.Contains(text, "KUBE-MARK-MASQ") {
+			continue
+		}
+		rs, err := netfilter.ParseIptablesSave([]byte(text))
+		if err != nil {
+			continue
+		}
+		nat := rs.Table("ip", "nat")
+		if nat == nil {
+			nat = rs.Table("", "nat")
+		}
+		if nat == nil {
+			continue
+		}
+		for _, c := range nat.Chains {
+			if !strings.HasPrefix(c.Name, "KUBE-SVC-") {
+				continue
+			}
+			for _, r := range c.Rules {
+				if r.Target != "KUBE-MARK-MASQ" {
+					continue
+				}
+				for _, o := range r.Basic {
+					if o.Name == "s" && o.Negated {
+						return o.Value(), "iptables: " + r.Text
+					}
+				}
+			}
+		}
+	}
+	return "", ""
 }
 
 // uplinkOf is the device of the default route (or of the first global

@@ -15,6 +15,7 @@ func KubeProxyStateOf(p facts.Process) *KubeProxyState {
 		args = args[1:]
 	}
 	flags := ParseFlags(args)
+	unreadable := ""
 	if len(flags) > 0 {
 		// the lab runs "netdoctor-k8s kube-proxy ...": drop the program name.
 		delete(flags, "true")
@@ -23,6 +24,9 @@ func KubeProxyStateOf(p facts.Process) *KubeProxyState {
 		txt, ok := p.Config[path]
 		if !ok {
 			txt, ok = p.Config[filepath.Clean(path)]
+		}
+		if !ok {
+			unreadable = path
 		}
 		if ok {
 			if _, set := flags["cluster-cidr"]; !set {
@@ -41,5 +45,5 @@ func KubeProxyStateOf(p facts.Process) *KubeProxyState {
 	if mode == "" {
 		mode = "iptables" // kube-proxy's default on Linux
 	}
-	return &KubeProxyState{Running: true, PID: p.PID, Mode: mode, Flags: flags}
+	return &KubeProxyState{Running: true, PID: p.PID, Mode: mode, Flags: flags, ConfigUnreadable: unreadable}
 }

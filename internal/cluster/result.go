@@ -75,6 +75,12 @@ type KubeProxyState struct {
 	Flags map[string]string `json:"flags,omitempty"`
 	// Healthz is the result of GET http://127.0.0.1:10256/healthz.
 	Healthz *HealthCheck `json:"healthz,omitempty"`
+	// ConfigUnreadable is the --config file kube-proxy names when the agent
+	// could not read it (its settings are then unknown, not unset).
+	ConfigUnreadable string `json:"configUnreadable,omitempty"`
+	// ClusterCIDRFrom says where Flags["cluster-cidr"] was read when not
+	// from the command line or config ("iptables: ! -s CIDR -j KUBE-MARK-MASQ").
+	ClusterCIDRFrom string `json:"clusterCIDRFrom,omitempty"`
 }
 
 // HealthCheck is the outcome of a health endpoint probe.

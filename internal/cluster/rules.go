@@ -419,7 +419,18 @@ func effectiveKubeProxy(in *Input) (map[string]kubeProxyConfig, string) {
 		if a := in.Agents[n]; a != nil && a.Summary.KubeProxy != nil && a.Summary.KubeProxy.Running {
 			kp := a.Summary.KubeProxy
 			v, ok := kp.Flags["cluster-cidr"]
-			c := kubeProxyConfig{clusterCIDR: v, set: ok && v != "", mode: kp.Mode, source: fmt.Sprintf("running kube-proxy (pid %d) on %s", kp.PID, n)}
+			src := fmt.Sprintf("running kube-proxy (pid %d) on %s", kp.PID, n)
+			if kp.ClusterCIDRFrom != "" {
+				src += " (" + kp.ClusterCIDRFrom + ")"
+			}
+			c := kubeProxyConfig{clusterCIDR: v, set: ok && v != "", mode: kp.Mode, source: src}
+			if !c.set && kp.ConfigUnreadable != "" {
+				// Its config file was not readable: unknown, not unset.
+				if found {
+					out[n] = api
+				}
+				continue
+			}
 			out[n] = c
 			continue
 		}

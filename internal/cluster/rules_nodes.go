@@ -116,9 +116,21 @@ func driftItems(a *AgentResult) map[string]string {
 			}
 			out["kube-proxy --"+k] = v
 		}
+		if kp.ConfigUnreadable != "" {
+			// Settings its config file may hold are unknown here, not absent.
+			for _, k := range []string{"cluster-cidr", "proxy-mode"} {
+				if _, ok := kp.Flags[k]; !ok {
+					out["kube-proxy --"+k] = unknownValue
+				}
+			}
+		}
 	}
 	return out
 }
+
+// unknownValue marks a setting a node could not report: it neither counts
+// toward the majority nor makes the node odd.
+const unknownValue = "\x00unknown"
 
 func ruleNodeConfigDrift(in *Input, r *Rule) ([]finding.Finding, []finding.Check) {
 	nodes := agentNodes(in)
@@ -136,8 +148,13 @@ func ruleNodeConfigDrift(in *Input, r *Rule) ([]finding.Finding, []finding.Check
 	diffs := map[string][]string{}
 	for k := range keys {
 		count := map[string]int{}
+		known := 0
 		for _, n := range nodes {
+			if items[n][k] == unknownValue {
+				continue
+			}
 			count[items[n][k]]++ // "" = absent
+			known++
 		}
 		major, best := "", 0
 		for v, c := range count {
@@ -145,15 +162,15 @@ func ruleNodeConfigDrift(in *Input, r *Rule) ([]finding.Finding, []finding.Check
 				major, best = v, c
 			}
 		}
-		if best*2 <= len(nodes) {
+		if best*2 <= known || known < 3 {
 			continue // no strict majority: nothing is odd
 		}
 		for _, n := range nodes {
 			v := items[n][k]
-			if v == major {
+			if v == major || v == unknownValue {
 				continue
 			}
-			diffs[n] = append(diffs[n], fmt.Sprintf("%s: %s on %s, %s on %d of %d nodes", k, shown(v), n, shown(major), best, len(nodes)))
+			diffs[n] = append(diffs[n], fmt.Sprintf("%s: %s on %s, %s on %d of %d nodes", k, shown(v), n, shown(major), best, known))
 		}
 	}
 	var fs []finding.Finding

@@ -176,6 +176,12 @@ func TestClusterRules(t *testing.T) {
 		{"cluster cidr missing on one node (agent flags)", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
 			delete(a["node-3"].Summary.KubeProxy.Flags, "cluster-cidr")
 		}, []string{"kube-proxy-cluster-cidr-missing@node-3", "node-config-drift@node-3"}, "running kube-proxy"},
+		{"kube-proxy config unreadable on a node is not a missing clusterCIDR", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
+			delete(a["node-1"].Summary.KubeProxy.Flags, "cluster-cidr")
+			a["node-1"].Summary.KubeProxy.ConfigUnreadable = "/var/lib/kube-proxy/config.conf"
+			a["node-1"].Summary.KubeProxy.Flags["proxy-mode"] = "iptables"
+			a["node-2"].Summary.KubeProxy.Flags["proxy-mode"] = "nftables" // so that the case has a finding to assert
+		}, []string{"node-config-drift@node-2"}, "kube-proxy --proxy-mode: nftables on node-2"},
 		{"cluster cidr is the service CIDR (seed 004)", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
 			a["node-2"].Summary.KubeProxy.Flags["cluster-cidr"] = "198.19.0.0/16"
 		}, []string{"kube-proxy-cluster-cidr-wrong@node-2", "node-config-drift@node-2"}, "overlaps the Service CIDR"},
