@@ -85,6 +85,15 @@ func runOverlayFDB(in *Input) Result {
 			})
 			continue
 		}
+		if neigh.State != "permanent" && neigh.State != "noarp" {
+			fs = append(fs, finding.Finding{
+				Severity:    finding.Warning,
+				Subject:     fmt.Sprintf("%s %s", o.Name, gw),
+				Message:     fmt.Sprintf("the neighbour entry for %s on %s is %s, not permanent: when it ages out nothing answers ARP on the overlay and traffic to %s stops until the CNI agent rewrites it", gw, o.Name, neigh.State, r.Dst),
+				Evidence:    []string{rl, "neighbour: " + FormatNeighbor(*neigh)},
+				Remediation: fmt.Sprintf("make it permanent: `ip neigh replace %s lladdr %s dev %s nud permanent` (flannel writes permanent entries; restart it if it did not); verify: `ip neigh show dev %s` lists %s PERMANENT", gw, neigh.MAC, o.Name, o.Name, gw),
+			})
+		}
 		var fdb []facts.FDBEntry
 		for _, f := range in.Node.FDB {
 			if f.Link == o.Name && strings.EqualFold(f.MAC, neigh.MAC) {

@@ -234,6 +234,13 @@ func TestRuleVariations(t *testing.T) {
 		}, want: []string{"ip-forward-disabled"}, inMsg: "pod bridge cni0 has IPv6 address 2001:db8:129::1/64"},
 		{name: "IPv6 forwarding off without IPv6 pods", mutate: func(_ testing.TB, s *facts.NodeSnapshot) { s.Sysctls["net.ipv6.conf.all.forwarding"] = "0" },
 			checkID: "ip-forward-disabled", status: finding.Pass},
+		{name: "overlay neighbour not permanent", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
+			for i := range s.Neighbors {
+				if s.Neighbors[i].Link == "flannel.1" {
+					s.Neighbors[i].State = "stale"
+				}
+			}
+		}, want: []string{"overlay-fdb-missing"}, sev: finding.Warning, inMsg: "198.18.130.0 dev flannel.1 lladdr 0e:00:00:00:01:02 STALE"},
 		{name: "ip_forward off on a machine without pods is info", mutate: func(_ testing.TB, s *facts.NodeSnapshot) {
 			*s = facts.NodeSnapshot{Version: facts.NodeSnapshotVersion, Node: "node-1", Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}
 		}, hints: &rules.Hints{}, checkID: "ip-forward-disabled", status: finding.Pass},
