@@ -43,6 +43,9 @@ type kubeProxyView struct {
 	masqAll    bool
 	mode       string // iptables, nftables, ipvs
 	detectMode string // detectLocalMode
+	// configUnread: the process names a --config the snapshot could not
+	// read, so its flags alone do not say whether clusterCIDR is set.
+	configUnread bool
 
 	rulesSeen   bool           // KUBE-SERVICES chain or the kube-proxy nft table
 	services    int            // cluster-IP service rules
@@ -110,6 +113,7 @@ func (in *Input) kubeProxy() *kubeProxyView {
 		if path, ok := FlagValue(p.Cmdline, "config"); ok {
 			text, have := p.Config[path]
 			if !have {
+				v.configUnread = true
 				v.procEv = append(v.procEv, fmt.Sprintf("config %s: not readable in the snapshot", path))
 			} else {
 				var cfg kubeProxyConfig
@@ -234,6 +238,8 @@ func runKubeProxyCIDRMissing(in *Input) Result {
 		case v.detectMode != "" && v.detectMode != "ClusterCIDR":
 			return Pass("kube-proxy detects local traffic by %s, not by the cluster CIDR", v.detectMode)
 		}
+	}
+	if v.proc != nil && !v.configUnread {
 		sev := finding.Warning
 		msg := "kube-proxy runs without --cluster-cidr (or clusterCIDR): traffic from the node itself and hostNetwork pods to ClusterIPs is not masqueraded, so replies from pods on other nodes can take another path back"
 		if v.mode == "ipvs" {
@@ -247,17 +253,21 @@ func runKubeProxyCIDRMissing(in *Input) Result {
 		}
 		return Result{Findings: []finding.Finding{{Severity: sev, Subject: "kube-proxy", Message: msg, Evidence: ev, Remediation: kubeProxyFix}}}
 	}
-	// From the rules only.
+	// From the rules (kube-proxy not visible, or its config unreadable).
 	if len(v.masqRules) > 0 {
 		return Pass("kube-proxy masquerades off-cluster sources (%d rule(s) with ! -s %s)", len(v.masqRules), v.masqCIDRs[0])
 	}
 	if v.masqAllRule != "" {
 		return Pass("kube-proxy masquerades every source to Services (masquerade-all): %s", v.masqAllRule)
 	}
+	if !v.rulesSeen {
+		return Skip("kube-proxy's config is not readable and it has no rules here: %s", strings.Join(v.procEv, "; "))
+	}
 	if v.services == 0 {
 		return Skip("kube-proxy's rules hold no cluster-IP Service yet: nothing shows whether it knows the cluster CIDR")
 	}
-	ev := []string{fmt.Sprintf("%d cluster-IP service rules in %s (e.g. %s), none with `! -s <cluster CIDR> ... -j KUBE-MARK-MASQ` and none masquerading every source", v.services, v.ruleSrc, firstIPs(v.serviceIPs, 3))}
+	ev := append([]string{}, v.procEv...)
+	ev = append(ev, fmt.Sprintf("%d cluster-IP service rules in %s (e.g. %s), none with `! -s <cluster CIDR> ... -j KUBE-MARK-MASQ` and none masquerading every source", v.services, v.ruleSrc, firstIPs(v.serviceIPs, 3)))
 	return Result{Findings: []finding.Finding{{
 		Subject:     "kube-proxy",
 		Message:     "kube-proxy's Service rules masquerade no off-cluster source: it runs without --cluster-cidr (and without --masquerade-all), so the node and hostNetwork pods reaching ClusterIPs are not masqueraded",

@@ -141,6 +141,13 @@ func TestRuleVariations(t *testing.T) {
 			p.SameNetns = false
 			s.Processes = []facts.Process{p}
 		}, checkID: "kube-proxy-cluster-cidr-missing", status: finding.Pass},
+		{name: "kube-proxy config unreadable: its rules decide", mutate: func(t testing.TB, s *facts.NodeSnapshot) {
+			s.Processes = []facts.Process{kubeProxyProcess(t, "")}
+		}, checkID: "kube-proxy-cluster-cidr-missing", status: finding.Pass},
+		{name: "kube-proxy config unreadable, no masquerade rule", mutate: func(t testing.TB, s *facts.NodeSnapshot) {
+			*s = *loadFixture(t, "flannel-kube-proxy-cluster-cidr-missing")
+			s.Processes = []facts.Process{kubeProxyProcess(t, "")}
+		}, want: []string{"kube-proxy-cluster-cidr-missing"}, inMsg: "config /var/lib/kube-proxy/config.conf: not readable in the snapshot"},
 		{name: "kube-proxy nftables mode", mutate: func(t testing.TB, s *facts.NodeSnapshot) { nftKubeProxy(t, s, nil) },
 			checkID: "kube-proxy-cluster-cidr-missing", status: finding.Pass},
 		{name: "kube-proxy nftables mode without cluster CIDR", mutate: func(t testing.TB, s *facts.NodeSnapshot) {
