@@ -3,12 +3,14 @@ package capture
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/gopacket/gopacket"
@@ -179,20 +181,44 @@ func newAnalyzer(opts AnalyzeOptions) *analyzer {
 
 // view is the first network/transport layers of a packet.
 type view struct {
-	ip   *layers.IPv4
-	tcp  *layers.TCP
-	udp  *layers.UDP
-	icmp *layers.ICMPv4
-	arp  *layers.ARP
+	ip    *layers.IPv4
+	ip6   *layers.IPv6
+	tcp   *layers.TCP
+	udp   *layers.UDP
+	icmp  *layers.ICMPv4
+	icmp6 *layers.ICMPv6
+	arp   *layers.ARP
 }
+
+// addrs are the packet's network addresses and upper protocol.
+func (v view) addrs() (src, dst net.IP, proto uint8, ok bool) {
+	switch {
+	case v.ip != nil:
+		return v.ip.SrcIP, v.ip.DstIP, uint8(v.ip.Protocol), true
+	case v.ip6 != nil:
+		return v.ip6.SrcIP, v.ip6.DstIP, uint8(v.ip6.NextHeader), true
+	}
+	return nil, nil, 0, false
+}
+
+// hostPort joins an address and a port, with brackets for IPv6.
+func hostPort(ip net.IP, port int) string { return net.JoinHostPort(ip.String(), strconv.Itoa(port)) }
 
 func viewOf(ls []gopacket.Layer) view {
 	var v view
 	for _, l := range ls {
 		switch x := l.(type) {
 		case *layers.IPv4:
-			if v.ip == nil {
+			if v.ip == nil && v.ip6 == nil {
 				v.ip = x
+			}
+		case *layers.IPv6:
+			if v.ip == nil && v.ip6 == nil {
+				v.ip6 = x
+			}
+		case *layers.ICMPv6:
+			if v.icmp6 == nil {
+				v.icmp6 = x
 			}
 		case *layers.TCP:
 			if v.tcp == nil && v.udp == nil {
@@ -288,17 +314,20 @@ func contains(s []string, x string) bool {
 
 // flowOf names the packet's directional flow.
 func flowOf(v view) string {
+	src, dst, proto, ok := v.addrs()
 	switch {
-	case v.ip == nil:
+	case !ok:
 		return ""
 	case v.tcp != nil:
-		return fmt.Sprintf("tcp %s:%d -> %s:%d", v.ip.SrcIP, v.tcp.SrcPort, v.ip.DstIP, v.tcp.DstPort)
+		return fmt.Sprintf("tcp %s -> %s", hostPort(src, int(v.tcp.SrcPort)), hostPort(dst, int(v.tcp.DstPort)))
 	case v.udp != nil:
-		return fmt.Sprintf("udp %s:%d -> %s:%d", v.ip.SrcIP, v.udp.SrcPort, v.ip.DstIP, v.udp.DstPort)
+		return fmt.Sprintf("udp %s -> %s", hostPort(src, int(v.udp.SrcPort)), hostPort(dst, int(v.udp.DstPort)))
 	case v.icmp != nil:
-		return fmt.Sprintf("icmp %s -> %s", v.ip.SrcIP, v.ip.DstIP)
+		return fmt.Sprintf("icmp %s -> %s", src, dst)
+	case v.icmp6 != nil:
+		return fmt.Sprintf("icmp6 %s -> %s", src, dst)
 	}
-	return fmt.Sprintf("ip/%d %s -> %s", v.ip.Protocol, v.ip.SrcIP, v.ip.DstIP)
+	return fmt.Sprintf("ip/%d %s -> %s", proto, src, dst)
 }
 
 // canonical orders the two ends so both directions share a key.
@@ -343,7 +372,44 @@ func (a *analyzer) view(point string, v view) {
 		}
 	case v.icmp != nil:
 		a.icmpMsg(point, v)
+	case v.icmp6 != nil:
+		a.icmp6Msg(point, v)
 	}
+}
+
+// icmp6Msg reports ICMPv6 errors: packet too big (the IPv6 MTU signal),
+// unreachable, hop limit exceeded.
+func (a *analyzer) icmp6Msg(point string, v view) {
+	ic := v.icmp6
+	typ := ic.TypeCode.Type()
+	if typ != layers.ICMPv6TypeDestinationUnreachable && typ != layers.ICMPv6TypePacketTooBig && typ != layers.ICMPv6TypeTimeExceeded {
+		return
+	}
+	if len(ic.Payload) < 4 {
+		return
+	}
+	quoted := ""
+	if q := gopacket.NewPacket(ic.Payload[4:], layers.LayerTypeIPv6, gopacket.Lazy); q != nil {
+		quoted = flowOf(viewOf(q.Layers()))
+	}
+	var kind, msg string
+	switch typ {
+	case layers.ICMPv6TypePacketTooBig:
+		mtu := binary.BigEndian.Uint32(ic.Payload[:4])
+		kind = "icmp-frag-needed"
+		msg = fmt.Sprintf("%s says packet too big, MTU %d, for %s: packets larger than %d bytes do not pass that hop", v.ip6.SrcIP, mtu, quoted, mtu)
+	case layers.ICMPv6TypeDestinationUnreachable:
+		kind = "icmp-unreachable"
+		msg = fmt.Sprintf("%s says %s for %s", v.ip6.SrcIP, ic.TypeCode.String(), quoted)
+	default:
+		kind = "icmp-time-exceeded"
+		msg = fmt.Sprintf("%s says hop limit exceeded for %s (routing loop or traceroute)", v.ip6.SrcIP, quoted)
+	}
+	key := point + "|" + msg
+	if a.icmpSet[key] == 0 {
+		a.find = append(a.find, Finding{Kind: kind, Point: point, Flow: quoted, Message: msg})
+	}
+	a.icmpSet[key]++
 }
 
 func (a *analyzer) dir(point, flow string) *tcpDir {

@@ -31,6 +31,24 @@ func tcpFrame(t testing.TB, src, dst string, sport, dport uint16, seq, ack uint3
 	return frame(t, eth, ip, tcp, gopacket.Payload(make([]byte, payload)))
 }
 
+func tcp6Frame(t testing.TB, src, dst string, sport, dport uint16, flags string) []byte {
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv6}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: net.ParseIP(src), DstIP: net.ParseIP(dst)}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 5, Window: 1000, SYN: strings.Contains(flags, "S"), ACK: strings.Contains(flags, "A")}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	return frame(t, eth, ip, tcp)
+}
+
+// tooBigFrame is an ICMPv6 packet-too-big from router about a quoted packet.
+func tooBigFrame(t testing.TB, router, dst string, mtu uint32, quoted []byte) []byte {
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 3}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv6}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: net.ParseIP(router), DstIP: net.ParseIP(dst)}
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0)}
+	_ = ic.SetNetworkLayerForChecksum(ip)
+	body := append([]byte{byte(mtu >> 24), byte(mtu >> 16), byte(mtu >> 8), byte(mtu)}, quoted[14:]...) // quoted IP packet, no Ethernet
+	return frame(t, eth, ip, ic, gopacket.Payload(body))
+}
+
 func arpFrame(t testing.TB, op uint16, sender, target string) []byte {
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP}
 	arp := &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4, Operation: op,
@@ -77,6 +95,8 @@ func TestAnalyzeTable(t *testing.T) {
 			tcpFrame(t, c, s, 40003, 80, 401, 901, "A", 1448), tcpFrame(t, c, s, 40003, 80, 401, 901, "A", 1448)}, []string{"retransmissions", "mtu"}},
 		{"arp without reply", [][]byte{arpFrame(t, 1, "198.18.70.1", "198.18.70.9"), arpFrame(t, 1, "198.18.70.1", "198.18.70.9")}, []string{"arp-no-reply"}},
 		{"arp answered", [][]byte{arpFrame(t, 1, "198.18.70.1", "198.18.70.2"), arpFrame(t, 2, "198.18.70.2", "198.18.70.1")}, nil},
+		{"ipv6 syn without reply", [][]byte{tcp6Frame(t, "2001:db8::1", "2001:db8::2", 40000, 443, "S")}, []string{"syn-no-reply"}},
+		{"ipv6 packet too big", [][]byte{tooBigFrame(t, "2001:db8::fe", "2001:db8::1", 1280, tcp6Frame(t, "2001:db8::1", "2001:db8::2", 40000, 443, "A"))}, []string{"icmp-frag-needed"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
