@@ -182,11 +182,13 @@ func (c *cond) eval(t *tracer, st *tstate) (mres, float64, string) {
 	return boolM(c.neg, ok), 0, ""
 }
 
+// iptRule is the compiled form of an iptables rule (its target kind is
+// Rule.iptKind). The action text of a hit is derived from the rule's target
+// (Rule.iptAction); only targets whose text is not just the target name
+// keep one in iptExtra.
 type iptRule struct {
-	conds  []cond
-	kind   iptTargetKind
-	jump   *Chain
-	action string
+	conds []cond
+	jump  *Chain
 	*iptExtra
 }
 
@@ -200,9 +202,40 @@ type iptExtra struct {
 	ctSave, ctRestore  bool
 	nfmask, ctmask     uint32
 	reason             string
+	// action is the hit's action text when it is not the target name
+	// ("REJECT icmp-port-unreachable", "DNAT 10.0.0.1:80")
+	action string
 }
 
-func compileIptables(rs *Ruleset) error {
+// iptAction is the action text of a hit on an iptables rule: the target
+// name, a text kept at compile time, or "" for a jump (made when an outcome
+// is reported: a dump of 100,000 jumps need not hold them all).
+func (r *Rule) iptAction() string {
+	if x := r.ipt.iptExtra; x != nil && x.action != "" {
+		return x.action
+	}
+	switch r.iptKind {
+	case tNone:
+		return "match (no target)"
+	case tJump:
+		return ""
+	case tNotrack:
+		if r.Target == "CT" {
+			return "CT --notrack"
+		}
+	}
+	return r.Target
+}
+
+// setAction keeps a hit action text other than the target name.
+func (ir *iptRule) setAction(a string) {
+	if ir.iptExtra == nil {
+		ir.iptExtra = &iptExtra{}
+	}
+	ir.action = a
+}
+
+func compileIptables(rs *Ruleset, a *iptAlloc) error {
 	for _, tb := range rs.Tables {
 		for _, c := range tb.Chains {
 			if c.Builtin {
@@ -212,7 +245,7 @@ func compileIptables(rs *Ruleset) error {
 				}
 			}
 			for _, r := range c.Rules {
-				if err := compileIptRule(tb, r, &r.ipt); err != nil {
+				if err := compileIptRule(tb, r, &r.ipt, a); err != nil {
 					return iptErr(r.Line, "%v", err)
 				}
 			}
@@ -233,7 +266,7 @@ func boolM(neg bool, ok bool) mres {
 	return mNo
 }
 
-func compileIptRule(tb *Table, r *Rule, ir *iptRule) error {
+func compileIptRule(tb *Table, r *Rule, ir *iptRule, a *iptAlloc) error {
 	var buf [16]cond
 	conds := buf[:0]
 	for _, o := range r.Basic {
@@ -250,7 +283,7 @@ func compileIptRule(tb *Table, r *Rule, ir *iptRule) error {
 		}
 	}
 	if len(conds) > 0 {
-		ir.conds = append([]cond(nil), conds...)
+		ir.conds = a.condList(conds)
 	}
 	if err := compileIptTarget(tb, r, ir); err != nil {
 		return fmt.Errorf("-j %s: %w", r.Target, err)
@@ -900,44 +933,41 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 		o, ok := r.TargetOption(name)
 		return o.Arg, ok
 	}
-	ir.action = r.Target
 	switch r.Target {
 	case "MARK", "CONNMARK", "DNAT", "SNAT", "MASQUERADE", "REDIRECT":
 		ir.iptExtra = &iptExtra{}
 	}
 	switch r.Target {
 	case "":
-		ir.kind = tNone
-		ir.action = "match (no target)"
+		r.iptKind = tNone
 	case "ACCEPT":
-		ir.kind = tAccept
+		r.iptKind = tAccept
 	case "DROP":
-		ir.kind = tDrop
+		r.iptKind = tDrop
 	case "REJECT":
-		ir.kind = tReject
+		r.iptKind = tReject
 		if v, ok := opt("reject-with"); ok {
-			ir.action = "REJECT " + v
+			ir.setAction("REJECT " + v)
 		}
 	case "RETURN":
-		ir.kind = tReturn
+		r.iptKind = tReturn
 	case "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "TCPMSS", "CLASSIFY", "DSCP", "TOS", "TTL", "HL",
 		"CHECKSUM", "SET", "ECN", "IDLETIMER", "LED", "TEE", "SECMARK", "CONNSECMARK", "RATEEST", "TPROXY_MARK":
-		ir.kind = tContinue
+		r.iptKind = tContinue
 		if v, ok := opt("log-prefix"); ok {
-			ir.action = r.Target + " " + strconv.Quote(v)
+			ir.setAction(r.Target + " " + strconv.Quote(v))
 		}
 	case "NOTRACK":
-		ir.kind = tNotrack
+		r.iptKind = tNotrack
 	case "CT":
-		ir.kind = tContinue
+		r.iptKind = tContinue
 		if _, ok := opt("notrack"); ok {
-			ir.kind = tNotrack
-			ir.action = "CT --notrack"
+			r.iptKind = tNotrack
 		}
 	case "MARK", "CONNMARK":
-		ir.kind = tMark
+		r.iptKind = tMark
 		if r.Target == "CONNMARK" {
-			ir.kind = tConnmark
+			r.iptKind = tConnmark
 		}
 		ir.nfmask, ir.ctmask = 0xffffffff, 0xffffffff
 		for _, o := range r.TargetOptions {
@@ -980,16 +1010,16 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 			case "mask":
 				ir.nfmask, ir.ctmask = v, v
 			default:
-				ir.kind = tUnknown
+				r.iptKind = tUnknown
 				ir.reason = fmt.Sprintf("unsupported option --%s of target %s", o.Name, r.Target)
 			}
 		}
-		ir.action = strings.TrimSpace(r.Target + " " + optsText(r.TargetOptions))
+		ir.setAction(strings.TrimSpace(r.Target + " " + optsText(r.TargetOptions)))
 	case "DNAT", "SNAT":
 		name := "to-destination"
-		ir.kind = tDNAT
+		r.iptKind = tDNAT
 		if r.Target == "SNAT" {
-			name, ir.kind = "to-source", tSNAT
+			name, r.iptKind = "to-source", tSNAT
 		}
 		v, ok := opt(name)
 		if !ok {
@@ -1000,11 +1030,11 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 			return fmt.Errorf("--%s: %w", name, err)
 		}
 		ir.natAddr, ir.natPort, ir.natRanged = a, p, ranged
-		ir.action = r.Target + " " + v
+		ir.setAction(r.Target + " " + v)
 	case "MASQUERADE", "REDIRECT":
-		ir.kind = tMasquerade
+		r.iptKind = tMasquerade
 		if r.Target == "REDIRECT" {
-			ir.kind = tRedirect
+			r.iptKind = tRedirect
 		}
 		if v, ok := opt("to-ports"); ok {
 			pr, err := parsePortRange(v)
@@ -1016,17 +1046,14 @@ func compileIptTarget(tb *Table, r *Rule, ir *iptRule) error {
 		}
 	default:
 		if c := tb.Chain(r.Target); c != nil {
-			ir.kind = tJump
+			r.iptKind = tJump
 			ir.jump = c
-			// the action text ("jump X") is made when an outcome is
-			// reported: a dump of 100,000 jumps need not hold them all
-			ir.action = ""
 			return nil
 		}
 		if strings.ToUpper(r.Target) != r.Target {
 			return fmt.Errorf("jump to undeclared chain %q", r.Target)
 		}
-		ir.kind = tUnknown
+		r.iptKind = tUnknown
 		ir.iptExtra = &iptExtra{reason: "unsupported target -j " + r.Target}
 	}
 	return nil
@@ -1139,7 +1166,7 @@ func (t *tracer) iptRun(rs *Ruleset, st *tstate, c *Chain, start, depth int) []b
 			}
 			taken.prob *= p
 			st.prob *= 1 - p
-			out := t.iptApply(rs, taken, c, i, depth, fmt.Sprintf(" (probability %.4g)", p))
+			out := t.iptApply(rs, taken, c, i, depth, probNote(p))
 			return append(out, t.iptRun(rs, st, c, i+1, depth)...)
 		}
 		bs, cont := t.iptTarget(rs, st, c, i, depth, "")
@@ -1149,6 +1176,14 @@ func (t *tracer) iptRun(rs *Ruleset, st *tstate, c *Chain, start, depth int) []b
 		return bs
 	}
 	return []branch{{st: st, kind: endReturn}}
+}
+
+// probNote is " (probability P)" with P as %.4g prints it, without fmt.
+func probNote(p float64) string {
+	var buf [40]byte
+	b := append(buf[:0], " (probability "...)
+	b = strconv.AppendFloat(b, p, 'g', 4, 64)
+	return string(append(b, ')'))
 }
 
 // iptApply applies rule i's target and continues the chain where needed.
@@ -1171,34 +1206,34 @@ func (t *tracer) iptTarget(rs *Ruleset, st *tstate, c *Chain, i, depth int, note
 		}
 		st.hit(rs, c, r.Position, r.Text, action+note)
 	}
-	switch ir.kind {
+	switch r.iptKind {
 	case tNone, tContinue:
-		hit(ir.action)
+		hit(r.iptAction())
 		return nil, true
 	case tAccept:
-		hit(ir.action)
+		hit(r.iptAction())
 		return []branch{{st: st, kind: endAccept}}, false
 	case tDrop:
-		hit(ir.action)
+		hit(r.iptAction())
 		st.reason = fmt.Sprintf("dropped by %s/%s rule %d", c.table.Name, c.Name, r.Position)
 		return []branch{{st: st, kind: endDrop}}, false
 	case tReject:
-		hit(ir.action)
+		hit(r.iptAction())
 		st.reason = fmt.Sprintf("rejected by %s/%s rule %d", c.table.Name, c.Name, r.Position)
 		return []branch{{st: st, kind: endReject}}, false
 	case tReturn:
-		hit(ir.action)
+		hit(r.iptAction())
 		return []branch{{st: st, kind: endReturn}}, false
 	case tNotrack:
-		hit(ir.action)
+		hit(r.iptAction())
 		st.pkt.CTState = CTUntracked
 		return nil, true
 	case tMark:
-		hit(ir.action)
+		hit(r.iptAction())
 		st.pkt.Mark = st.pkt.Mark&^ir.markClear ^ ir.markXor
 		return nil, true
 	case tConnmark:
-		hit(ir.action)
+		hit(r.iptAction())
 		switch {
 		case ir.ctSave:
 			st.pkt.CTMark = st.pkt.CTMark&^ir.ctmask ^ st.pkt.Mark&ir.nfmask
@@ -1209,12 +1244,12 @@ func (t *tracer) iptTarget(rs *Ruleset, st *tstate, c *Chain, i, depth int, note
 		}
 		return nil, true
 	case tDNAT, tSNAT, tMasquerade, tRedirect:
-		if why := t.nat(st, ir.kind, ir.natAddr, ir.natPort); why != "" {
+		if why := t.nat(st, r.iptKind, ir.natAddr, ir.natPort); why != "" {
 			return []branch{st.unknownAt(rs, r, why)}, false
 		}
-		a := ir.action
-		if ir.kind == tMasquerade || ir.kind == tRedirect {
-			a += " to " + natTo(ir.kind, st.pkt)
+		a := r.iptAction()
+		if r.iptKind == tMasquerade || r.iptKind == tRedirect {
+			a += " to " + natTo(r.iptKind, st.pkt)
 		}
 		if ir.natRanged {
 			a += " (first of the range; the kernel picks one)"
@@ -1222,7 +1257,7 @@ func (t *tracer) iptTarget(rs *Ruleset, st *tstate, c *Chain, i, depth int, note
 		hit(a)
 		return []branch{{st: st, kind: endAccept}}, false
 	case tJump:
-		hit(ir.action)
+		hit(r.iptAction())
 		sub := t.iptRun(rs, st, ir.jump, 0, depth+1)
 		if r.Goto {
 			return sub, false

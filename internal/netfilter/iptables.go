@@ -53,6 +53,7 @@ func ParseIptablesSaveString(text string) (*Ruleset, error) {
 	var cur *Table
 	lineNo := 0
 	var scratch []iptToken
+	var a iptAlloc
 	var last *Chain // rules of a chain come in a row: skip the map lookup
 	for len(text) > 0 {
 		lineNo++
@@ -88,13 +89,20 @@ func ParseIptablesSaveString(text string) (*Ruleset, error) {
 				return nil, iptErr(lineNo, "bad table name %q", name)
 			}
 			cur = &Table{Name: name}
+			// the chain declarations follow the table line: size the
+			// table's chain map and list once
+			if n := countChainDecls(text); n > 0 {
+				cur.chains = make(map[string]*Chain, n)
+				cur.Chains = make([]*Chain, 0, n)
+				a.chains = make([]Chain, 0, n)
+			}
 			rs.Tables = append(rs.Tables, cur)
 			continue
 		case ':':
 			if cur == nil {
 				return nil, iptErr(lineNo, "chain declaration outside a table")
 			}
-			if err := parseIptChainDecl(cur, line[1:], lineNo); err != nil {
+			if err := parseIptChainDecl(cur, line[1:], lineNo, &a); err != nil {
 				return nil, err
 			}
 			continue
@@ -110,7 +118,7 @@ func ParseIptablesSaveString(text string) (*Ruleset, error) {
 		if cur == nil {
 			return nil, iptErr(lineNo, "rule outside a table: %q", trunc(s))
 		}
-		r, chainName, err := parseIptRule(s, lineNo, &scratch)
+		r, chainName, err := parseIptRule(s, lineNo, &scratch, &a)
 		if err != nil {
 			return nil, err
 		}
@@ -135,7 +143,7 @@ func ParseIptablesSaveString(text string) (*Ruleset, error) {
 	for _, t := range rs.Tables {
 		t.Family = rs.Family
 	}
-	if err := compileIptables(rs); err != nil {
+	if err := compileIptables(rs, &a); err != nil {
 		return nil, err
 	}
 	return rs, nil
@@ -177,12 +185,114 @@ func guessIptFamily(rs *Ruleset) string {
 	return "ip"
 }
 
-func parseIptChainDecl(t *Table, s string, line int) error {
-	f := strings.Fields(s)
-	if len(f) < 2 {
+// countChainDecls counts the chain declarations (":NAME ...") at the start
+// of text.
+func countChainDecls(text string) int {
+	n := 0
+	for len(text) > 0 && text[0] == ':' {
+		n++
+		i := strings.IndexByte(text, '\n')
+		if i < 0 {
+			break
+		}
+		text = text[i+1:]
+	}
+	return n
+}
+
+// iptAlloc hands out the parse's rules, chains, options, matches and
+// compiled conditions from shared arrays (chunks): one allocation for many
+// small objects, no size-class rounding, fewer objects for the GC. A
+// ruleset's objects live and die together, so sharing chunks keeps nothing
+// alive for longer.
+type iptAlloc struct {
+	rules   []Rule
+	chains  []Chain
+	opts    []Option
+	matches []Match
+	conds   []cond
+	chunk   int
+}
+
+// grow returns the next chunk length: small for small dumps (fuzzing,
+// tests), up to 1024 objects for big ones.
+func (a *iptAlloc) grow(n int) int {
+	a.chunk = min(max(a.chunk*2, 16), 1024)
+	return max(a.chunk, n)
+}
+
+func (a *iptAlloc) rule() *Rule {
+	if len(a.rules) == cap(a.rules) {
+		a.rules = make([]Rule, 0, a.grow(1))
+	}
+	a.rules = a.rules[:len(a.rules)+1]
+	return &a.rules[len(a.rules)-1]
+}
+
+func (a *iptAlloc) chain() *Chain {
+	if len(a.chains) == cap(a.chains) {
+		a.chains = make([]Chain, 0, a.grow(1))
+	}
+	a.chains = a.chains[:len(a.chains)+1]
+	return &a.chains[len(a.chains)-1]
+}
+
+// options returns n zero options (capacity n: an append copies).
+func (a *iptAlloc) options(n int) []Option {
+	if cap(a.opts)-len(a.opts) < n {
+		a.opts = make([]Option, 0, a.grow(n)*2)
+	}
+	l := len(a.opts)
+	a.opts = a.opts[:l+n]
+	return a.opts[l : l+n : l+n]
+}
+
+// matchList returns an empty list of capacity n.
+func (a *iptAlloc) matchList(n int) []Match {
+	if cap(a.matches)-len(a.matches) < n {
+		a.matches = make([]Match, 0, a.grow(n)*2)
+	}
+	l := len(a.matches)
+	a.matches = a.matches[:l+n]
+	return a.matches[l : l : l+n]
+}
+
+// condList returns a copy of cs (capacity len(cs)).
+func (a *iptAlloc) condList(cs []cond) []cond {
+	n := len(cs)
+	if cap(a.conds)-len(a.conds) < n {
+		a.conds = make([]cond, 0, a.grow(n)*2)
+	}
+	l := len(a.conds)
+	a.conds = append(a.conds, cs...)
+	return a.conds[l : l+n : l+n]
+}
+
+// fields3 splits a chain declaration "NAME POLICY [p:b]" into its first
+// three blank-separated words without allocating.
+func fields3(s string) (f [3]string, n int) {
+	for n < 3 {
+		s = strings.TrimLeft(s, " \t")
+		if s == "" {
+			break
+		}
+		i := strings.IndexAny(s, " \t")
+		if i < 0 {
+			i = len(s)
+		}
+		f[n], s = s[:i], s[i:]
+		n++
+	}
+	return f, n
+}
+
+func parseIptChainDecl(t *Table, s string, line int, a *iptAlloc) error {
+	f, nf := fields3(s)
+	if nf < 2 {
 		return iptErr(line, "chain declaration %q: want \":NAME POLICY [packets:bytes]\"", ":"+s)
 	}
-	c := &Chain{Name: f[0]}
+	c := a.chain()
+	c.Name = f[0]
 	if f[1] != "-" {
 		switch f[1] {
 		case "ACCEPT", "DROP", "QUEUE", "RETURN":
@@ -192,7 +302,7 @@ func parseIptChainDecl(t *Table, s string, line int) error {
 		c.Policy = f[1]
 		c.Builtin = true
 	}
-	if len(f) >= 3 {
+	if nf >= 3 {
 		cnt := strings.TrimSuffix(strings.TrimPrefix(f[2], "["), "]")
 		p, b, ok := strings.Cut(cnt, ":")
 		var err1, err2 error
@@ -312,7 +422,7 @@ func basicName(t string) string {
 
 // parseIptRule parses "-A CHAIN ..." (optionally preceded by "[p:b]").
 // Option values are substrings of s; the rule's options share one array.
-func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error) {
+func parseIptRule(s string, line int, scratch *[]iptToken, a *iptAlloc) (*Rule, string, error) {
 	toks, err := tokenizeIpt(s, line, *scratch)
 	*scratch = toks
 	if err != nil {
@@ -324,7 +434,6 @@ func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error
 	if len(toks) < 2 || (toks[0].s != "-A" && toks[0].s != "--append") {
 		return nil, "", iptErr(line, "want \"-A CHAIN ...\", got %q", trunc(s))
 	}
-	r := &Rule{Line: line, Text: s}
 	chain := toks[1].s
 	toks = toks[2:]
 	nBasic, nOther, nMatch := 0, 0, 0
@@ -342,10 +451,12 @@ func parseIptRule(s string, line int, scratch *[]iptToken) (*Rule, string, error
 			nOther++
 		}
 	}
-	backing := make([]Option, nBasic+nOther)
+	r := a.rule()
+	r.Line, r.Text = line, s
+	backing := a.options(nBasic + nOther)
 	bi, oi := 0, nBasic
 	if nMatch > 0 {
-		r.Matches = make([]Match, 0, nMatch)
+		r.Matches = a.matchList(nMatch)
 	}
 	var curMatch *Match
 	curStart, targetStart := 0, -1

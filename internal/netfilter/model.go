@@ -146,6 +146,9 @@ type Rule struct {
 	Target string
 	// Goto is true for "-g CHAIN" (and nft goto).
 	Goto bool
+	// iptKind is the compiled iptables target (next to Goto: it fills
+	// the padding after the bool, the Rule stays small)
+	iptKind iptTargetKind
 	// TargetOptions holds the target's options ("--to-destination").
 	TargetOptions []Option
 	// Exprs are the nftables statements of the rule, decoded.

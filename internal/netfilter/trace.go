@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Flow is the path a packet takes through the netfilter hooks.
@@ -200,10 +201,15 @@ const (
 )
 
 type tstate struct {
-	pkt    Packet
-	orig   Packet // as it entered the trace (conntrack original tuple)
-	prob   float64
-	hits   []hitRec
+	pkt  Packet
+	orig *Packet // as it entered the trace (conntrack original tuple); shared by the branches, never changed
+	prob float64
+	// hits are the rules hit so far: a chain of records in the trace's
+	// log, newest at last (-1: none). Branches share the records made
+	// before they split, so a split copies nothing.
+	log    *hitLog
+	last   int32
+	nhits  int32
 	hooks  []string
 	hook   string
 	dnat   bool // conntrack virtual states
@@ -214,8 +220,6 @@ type tstate struct {
 
 func (s *tstate) clone() *tstate {
 	c := *s
-	c.hits = make([]hitRec, len(s.hits), len(s.hits)+16)
-	copy(c.hits, s.hits)
 	c.hooks = s.hooks[:len(s.hooks):len(s.hooks)]
 	return &c
 }
@@ -267,10 +271,50 @@ func Trace(rulesets []*Ruleset, pkt Packet, flow Flow, env Env) ([]Outcome, erro
 			t.local[a.Unmap()] = true
 		}
 	}
-	st := &tstate{pkt: pkt, orig: pkt, prob: 1, hits: make([]hitRec, 0, 16), hooks: make([]string, 0, 3)}
-	var out []Outcome
-	t.run(st, hooks, flow == FlowInbound, &out)
-	return mergeOutcomes(out), nil
+	scratch := tracePool.Get().(*traceScratch)
+	orig := pkt
+	st := &tstate{pkt: pkt, orig: &orig, prob: 1, log: &scratch.log, last: -1, hooks: make([]string, 0, 3)}
+	t.run(st, hooks, flow == FlowInbound, &scratch.out)
+	merged := mergeOutcomes(scratch.out)
+	outs := make([]Outcome, len(merged))
+	copy(outs, merged)
+	scratch.reset()
+	tracePool.Put(scratch)
+	return outs, nil
+}
+
+// traceScratch is what a Trace needs only while it runs: the hit log and
+// the outcomes before merging. Traces reuse them (10,000 traces of a big
+// ruleset would otherwise allocate them 10,000 times).
+type traceScratch struct {
+	log hitLog
+	out []Outcome
+}
+
+// jumpText is the action text of a jump or goto rule, made once per trace
+// (the branches of a trace share their first jumps).
+func (l *hitLog) jumpText(r *Rule) string {
+	if a, ok := l.jumps[r]; ok {
+		return a
+	}
+	a := jumpAction(r)
+	if l.jumps == nil {
+		l.jumps = make(map[*Rule]string, 16)
+	}
+	l.jumps[r] = a
+	return a
+}
+
+var tracePool = sync.Pool{New: func() any { return &traceScratch{log: hitLog{recs: make([]hitNode, 0, 64)}} }}
+
+// reset drops the references the scratch holds (rulesets, hit lists) so
+// a pooled scratch keeps nothing alive.
+func (s *traceScratch) reset() {
+	clear(s.log.recs)
+	s.log.recs = s.log.recs[:0]
+	clear(s.log.jumps)
+	clear(s.out)
+	s.out = s.out[:0]
 }
 
 func sameOutcome(a, b *Outcome) bool {
@@ -501,7 +545,7 @@ func (t *tracer) run(st *tstate, hooks []string, inbound bool, out *[]Outcome) {
 }
 
 func (s *tstate) outcome(k endKind) Outcome {
-	o := Outcome{Probability: s.prob, Packet: s.pkt, Hits: expandHits(s.hits), Hooks: s.hooks, Reason: s.reason}
+	o := Outcome{Probability: s.prob, Packet: s.pkt, Hits: s.expandHits(), Hooks: s.hooks, Reason: s.reason}
 	switch k {
 	case endAccept:
 		o.Verdict = VerdictAccept
@@ -547,22 +591,40 @@ func hookIndex(h string) uint8 {
 // is the rule text (or the policy text) and is not stored: it is derived
 // from the chain when the outcome is made.
 func (st *tstate) hit(rs *Ruleset, c *Chain, pos int, _ string, action string) {
-	st.hits = append(st.hits, hitRec{rs: rs, c: c, pos: int32(pos), action: action, hook: hookIndex(st.hook)})
+	st.log.recs = append(st.log.recs, hitNode{hitRec: hitRec{rs: rs, c: c, pos: int32(pos), action: action, hook: hookIndex(st.hook)}, parent: st.last})
+	st.last = int32(len(st.log.recs) - 1)
+	st.nhits++
 }
 
-func expandHits(recs []hitRec) []Hit {
-	hits := make([]Hit, len(recs))
-	for i, h := range recs {
+// hitLog holds the hit records of one trace; each names the record before
+// it on its branch.
+type hitLog struct {
+	recs  []hitNode
+	jumps map[*Rule]string // jumpText's cache
+}
+
+type hitNode struct {
+	hitRec
+	parent int32 // index of the previous hit of the branch, -1 for none
+}
+
+// expandHits makes the Hits of the branch, oldest first.
+func (st *tstate) expandHits() []Hit {
+	hits := make([]Hit, st.nhits)
+	i := len(hits) - 1
+	for j := st.last; j >= 0 && i >= 0; j = st.log.recs[j].parent {
+		h := st.log.recs[j].hitRec
 		text, action := policyText(h.c.Policy), h.action
 		if h.pos > 0 && int(h.pos) <= len(h.c.Rules) {
 			r := h.c.Rules[h.pos-1]
 			text = r.Text
 			if action == "" {
-				action = jumpAction(r)
+				action = st.log.jumpText(r)
 			}
 		}
 		hits[i] = Hit{Backend: h.rs.Backend, Source: h.rs.Source, Family: h.c.table.Family, Hook: hookNames[h.hook],
 			Table: h.c.table.Name, Chain: h.c.Name, Position: int(h.pos), Text: text, Action: action}
+		i--
 	}
 	return hits
 }
