@@ -96,10 +96,6 @@ func sortedLinkNames(t *Topology) []string {
 	return names
 }
 
-// iptablesNftTables are the tables iptables-nft creates in nftables; they
-// appear in `nft -j list ruleset` too and are traced from iptables-nft-save.
-var iptablesNftTables = map[string]bool{"filter": true, "nat": true, "mangle": true, "raw": true, "security": true}
-
 // Traceable reports whether a trace over the view can be trusted: every dump
 // parsed. When not, it says why.
 func (v *nfView) Traceable() (string, bool) {

@@ -13,16 +13,13 @@ func parseNativeNft(doc string, haveIptablesNft bool) (*netfilter.Ruleset, error
 	if err != nil {
 		return nil, err
 	}
-	var keep []*netfilter.Table
-	for _, t := range rs.Tables {
-		if haveIptablesNft && (t.Family == "ip" || t.Family == "ip6") && iptablesNftTables[t.Name] {
-			continue
-		}
-		keep = append(keep, t)
+	if haveIptablesNft {
+		// Drop only the tables iptables-nft made (recognised by its built-in
+		// chains), not a native table that happens to be called "filter".
+		rs = rs.WithoutIptablesCompat()
 	}
-	if len(keep) == 0 {
+	if len(rs.Tables) == 0 {
 		return nil, nil
 	}
-	rs.Tables = keep
 	return rs, nil
 }
