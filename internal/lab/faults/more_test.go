@@ -82,3 +82,29 @@ func hasUnicodeSpace(s string) bool {
 	}
 	return false
 }
+
+// TestMoreCatalog checks the host, dns, service, kube-proxy and cidr groups: every fault the
+// lab can inject is registered in its group, and the two it cannot inject here are not.
+func TestMoreCatalog(t *testing.T) {
+	groups := map[string]string{
+		"pod-cidr-overlap": "host", "rp-filter-strict": "host",
+		"dns-pods-unavailable": "dns", "pod-resolv-conf-wrong": "dns", "dns-upstream-failed": "dns",
+		"service-no-endpoints": "service", "endpoint-not-listening": "service", "service-rules-missing": "service",
+		"kube-proxy-not-running": "kube-proxy", "kube-proxy-not-critical": "kube-proxy",
+		"kube-proxy-cluster-cidr-missing": "kube-proxy", "kube-proxy-cluster-cidr-wrong": "kube-proxy",
+		"node-pod-cidr-missing": "cidr",
+	}
+	for id, g := range groups {
+		f, ok := Get(id)
+		if !ok || f.Group != g {
+			t.Errorf("fault %s: registered %v in group %q, want group %q", id, ok, f.Group, g)
+		}
+	}
+	// Not injectable on one machine without touching the root namespace or beyond the node:
+	// see host.go.
+	for _, id := range []string{"conntrack-table-full", "overlay-source-mismatch"} {
+		if _, ok := Get(id); ok {
+			t.Errorf("fault %s is registered, but host.go says it cannot be injected here", id)
+		}
+	}
+}
