@@ -301,7 +301,7 @@ func writeInPlace(path string, b []byte) error {
 		return err
 	}
 	if _, err := f.Write(b); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	return f.Close()

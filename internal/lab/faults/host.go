@@ -146,7 +146,7 @@ func injectRPFilter(_ context.Context, t Target) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open hub namespace: %w", err)
 	}
-	defer hub.Close()
+	defer func() { _ = hub.Close() }()
 	hubPort := "rpf-" + t.Node
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: rpLink}, PeerName: hubPort, PeerNamespace: netlink.NsFd(int(hub))}
 	if err := h.LinkAdd(veth); err != nil {

@@ -177,7 +177,7 @@ func connectAndReadReplyDst(ctx context.Context, fromNS, ctNS, ip, want string) 
 	if err != nil {
 		return "", fmt.Errorf("connect to %s: %w", ip, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	local := conn.LocalAddr().(*net.TCPAddr)
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", ip); err != nil {
@@ -214,7 +214,7 @@ func podResolvConf(ctx context.Context, l *lab.Lab, pod PodRef) (*dns.ClientConf
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	found, err := c.FindPod(ctx, pod.Namespace, pod.Name)
 	if err != nil {
 		return nil, err
@@ -227,7 +227,7 @@ func podResolvConf(ctx context.Context, l *lab.Lab, pod PodRef) (*dns.ClientConf
 	if err != nil {
 		return nil, fmt.Errorf("read resolv.conf of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	conf, err := dns.ClientConfigFromReader(f)
 	if err != nil {
 		return nil, fmt.Errorf("parse resolv.conf of pod %s/%s: %w", pod.Namespace, pod.Name, err)
@@ -261,7 +261,7 @@ func podNetns(ctx context.Context, l *lab.Lab, pod PodRef) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	found, err := c.FindPod(ctx, pod.Namespace, pod.Name)
 	if err != nil {
 		return "", err
