@@ -312,7 +312,7 @@ func (a *Agent) findPodNetns(ctx context.Context, t cluster.NodeTarget) (string,
 		}
 		cancel()
 	}
-	p, err := FindNetnsByAddr(a.procRoot(), t.PodIP)
+	p, err := FindNetnsByAddr(a.procRoot(), t.PodIP, a.Netns)
 	if err != nil {
 		return "", fmt.Errorf("CRI: %v; /proc: %w", criErr, err)
 	}
@@ -327,11 +327,19 @@ func (a *Agent) procRoot() string {
 }
 
 // FindNetnsByAddr scans /proc/*/ns/net for the network namespace that holds
-// ip on one of its interfaces, returning a /proc/PID/ns/net path.
-func FindNetnsByAddr(procRoot, ip string) (string, error) {
+// ip on one of its interfaces and is attached to the node: one of the node
+// namespace's veths (nodeNetns, "" = current) has its peer there. Several
+// isolated networks on one machine (labs, nested nodes) may reuse the same
+// pod IP; only the one wired to this node counts. It returns a
+// /proc/PID/ns/net path.
+func FindNetnsByAddr(procRoot, ip, nodeNetns string) (string, error) {
 	want, err := netip.ParseAddr(ip)
 	if err != nil {
 		return "", fmt.Errorf("pod IP %q: %w", ip, err)
+	}
+	attached, err := vethPeerNetnsIDs(nodeNetns)
+	if err != nil {
+		return "", err
 	}
 	ents, err := os.ReadDir(procRoot)
 	if err != nil {
@@ -345,6 +353,7 @@ func FindNetnsByAddr(procRoot, ip string) (string, error) {
 		}
 	}
 	sort.Strings(pids)
+	others := 0
 	for _, pid := range pids {
 		p := filepath.Join(procRoot, pid, "ns", "net")
 		var st = new(statIno)
@@ -365,9 +374,16 @@ func FindNetnsByAddr(procRoot, ip string) (string, error) {
 			}
 			return nil
 		})
-		if found {
+		if !found {
+			continue
+		}
+		if ok, err := isAttached(nodeNetns, p, attached); err == nil && ok {
 			return p, nil
 		}
+		others++
+	}
+	if others > 0 {
+		return "", fmt.Errorf("%d network namespace(s) under %s hold %s, none wired to this node's veths", others, procRoot, ip)
 	}
 	return "", fmt.Errorf("no network namespace under %s holds %s", procRoot, ip)
 }
