@@ -108,3 +108,24 @@ func TestMoreCatalog(t *testing.T) {
 		}
 	}
 }
+
+func TestServiceDispatched(t *testing.T) {
+	// Lines as kube-proxy writes them (iptables-save -t nat; nft list table ip kube-proxy).
+	const ipt = `-A KUBE-SERVICES -d 198.19.72.77/32 -p tcp -m comment --comment "shop/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-ABC
+-A KUBE-SVC-DEF ! -s 198.18.64.0/18 -d 198.19.9.9/32 -p tcp -m comment --comment "default/x:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ`
+	const nft = `		elements = { 198.19.72.77 . tcp . 80 : goto service-ABC-shop/web/tcp/http }`
+	tests := []struct {
+		rules, mode, ip string
+		want            bool
+	}{
+		{ipt, "iptables", "198.19.72.77", true},
+		{ipt, "iptables", "198.19.9.9", false}, // only its KUBE-SVC chain is left: not dispatched
+		{nft, "nftables", "198.19.72.77", true},
+		{nft, "nftables", "198.19.9.9", false},
+	}
+	for _, tt := range tests {
+		if got := serviceDispatched(tt.rules, tt.mode, tt.ip); got != tt.want {
+			t.Errorf("serviceDispatched(%s, %s) = %v, want %v", tt.mode, tt.ip, got, tt.want)
+		}
+	}
+}

@@ -147,24 +147,12 @@ func (p *Prober) programmedService(ctx context.Context, dst PodRef, fromNode str
 	}
 	cfg := p.L.State.Config
 	ns := lab.NetnsPrefix(cfg.Name) + fromNode
-	mark := "-d " + ip + "/32"
-	if cfg.ProxyMode == "nftables" {
-		mark = ip + " . tcp . 80 : goto service-"
-	}
 	err = waitFor(ctx, 15*time.Second, "kube-proxy on "+fromNode+" to send "+ip+" to its endpoints", func() (bool, string) {
 		rules, err := lab.ProxyRules(ctx, ns, cfg.ProxyMode)
 		if err != nil {
 			return false, err.Error()
 		}
-		if cfg.ProxyMode == "nftables" {
-			return strings.Contains(rules, mark), "no service-ips element yet"
-		}
-		for _, line := range strings.Split(rules, "\n") {
-			if strings.HasPrefix(line, "-A KUBE-SERVICES ") && strings.Contains(line, mark) && strings.Contains(line, "-j KUBE-SVC-") {
-				return true, ""
-			}
-		}
-		return false, "no KUBE-SERVICES jump yet"
+		return serviceDispatched(rules, cfg.ProxyMode, ip), "no KUBE-SERVICES jump or service-ips element yet"
 	})
 	return ip, err
 }

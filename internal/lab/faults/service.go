@@ -383,11 +383,22 @@ func healRulesMissing(ctx context.Context, t Target, _ map[string]string) error 
 		if err != nil {
 			return false, err.Error()
 		}
-		if t.Lab.State.Config.ProxyMode == "nftables" {
-			return strings.Contains(rules, svc.Spec.ClusterIP+" . tcp . 80"), "no service-ips element yet"
-		}
-		return strings.Contains(rules, "-d "+svc.Spec.ClusterIP+"/32"), "no KUBE-SERVICES jump yet"
+		return serviceDispatched(rules, t.Lab.State.Config.ProxyMode, svc.Spec.ClusterIP), "no KUBE-SERVICES jump or service-ips element yet"
 	})
+}
+
+// serviceDispatched reports whether a kube-proxy dump sends ClusterIP ip (port 80, TCP) to its
+// service chain: a KUBE-SERVICES jump (iptables) or a service-ips element (nftables).
+func serviceDispatched(rules, mode, ip string) bool {
+	if mode == "nftables" {
+		return strings.Contains(rules, ip+" . tcp . 80 : goto service-")
+	}
+	for _, line := range strings.Split(rules, "\n") {
+		if strings.HasPrefix(line, "-A KUBE-SERVICES ") && strings.Contains(line, "-d "+ip+"/32") && strings.Contains(line, "-j KUBE-SVC-") {
+			return true
+		}
+	}
+	return false
 }
 
 // restartKubeProxy deletes the kube-proxy pods of the given nodes (every node if none) and
