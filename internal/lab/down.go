@@ -113,22 +113,14 @@ func Down(name, stateRoot string) (*DownReport, error) {
 	}
 
 	// 5. Host mountpoint directories made for pod bind mounts, if still empty.
-	var mps []string
+	// Only when no other lab remains: they are shared by every lab's pods.
 	if st != nil {
-		mps = append(mps, st.Mountpoints...)
-	}
-	files, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", MountpointsFile))
-	for _, f := range files {
-		if b, err := os.ReadFile(f); err == nil {
-			for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-				if l != "" {
-					mps = append(mps, l)
-				}
-			}
+		for i := len(st.Mountpoints) - 1; i >= 0; i-- {
+			removeIfEmpty(st.Mountpoints[i])
 		}
 	}
-	for i := len(mps) - 1; i >= 0; i-- {
-		removeIfEmpty(mps[i])
+	if !otherLabsExist() {
+		removeRecordedMountpoints()
 	}
 
 	// 6. The state directory.
@@ -257,4 +249,35 @@ func AllProcs(stateDir string) []*proc.Info {
 		out = append(out, infos...)
 	}
 	return out
+}
+
+// otherLabsExist reports whether any lab's hub namespace still exists on this machine.
+func otherLabsExist() bool {
+	ents, err := os.ReadDir(namespace.NetnsDir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "ndlab-") && strings.HasSuffix(e.Name(), "-hub") {
+			return true
+		}
+	}
+	return false
+}
+
+// removeRecordedMountpoints removes the mountpoints of MountpointRegistry that are still
+// empty, newest first, then the registry.
+func removeRecordedMountpoints() {
+	b, err := os.ReadFile(MountpointRegistry)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if lines[i] != "" {
+			removeIfEmpty(lines[i])
+		}
+	}
+	_ = os.Remove(MountpointRegistry)
+	_ = os.Remove(filepath.Dir(MountpointRegistry))
 }

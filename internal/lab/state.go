@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -49,9 +50,30 @@ func LogDir(stateDir string) string { return filepath.Join(stateDir, "logs") }
 // NodeDir is a node's state directory (kubelet state, IPAM, CRI socket, subnet.env).
 func NodeDir(stateDir, node string) string { return filepath.Join(stateDir, "nodes", node) }
 
-// MountpointsFile, in a node directory, lists (one a line, in creation order) the empty
-// directories and files a kubelet created on the host as bind-mount targets for its pods.
-const MountpointsFile = "mountpoints"
+// MountpointRegistry lists (one a line, in creation order) the empty directories and files
+// lab kubelets created on the host as bind-mount targets for pod processes (e.g.
+// /var/lib/kube-proxy, /run/secrets/kubernetes.io/serviceaccount). It is machine-wide because
+// the targets are shared by every lab on the machine: the last lab to go down removes them.
+var MountpointRegistry = "/run/netdoctor-lab/mountpoints"
+
+// RecordMountpoints appends created paths to MountpointRegistry.
+func RecordMountpoints(paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(MountpointRegistry), 0o755); err != nil {
+		return fmt.Errorf("record mountpoints: %w", err)
+	}
+	f, err := os.OpenFile(MountpointRegistry, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("record mountpoints: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strings.Join(paths, "\n") + "\n"); err != nil {
+		return fmt.Errorf("record mountpoints: %w", err)
+	}
+	return nil
+}
 
 // ErrNoLab is returned (wrapped) when a lab has no state file.
 var ErrNoLab = errors.New("no such lab")

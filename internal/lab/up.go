@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -101,6 +102,15 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 	}
 	say("upstream DNS %s (zone %s)", c.DNSIP(), ExtZone)
 	if err := startUpstreamDNS(c); err != nil {
+		return nil, err
+	}
+	say("external host %s: test server on port %d", c.ExtIP(), ExtPort)
+	if _, err := proc.Start(proc.Spec{
+		Name: "external-web", Path: c.SelfBin, Args: []string{"lab", "serve", "--name", ExtServeName, "--ports", fmt.Sprintf("%d/TCP", ExtPort)},
+		Netns:     NetnsPath(c.ExtNetns()),
+		LogFile:   filepath.Join(LogDir(c.StateDir()), "external-web.log"),
+		StateFile: filepath.Join(ProcDir(c.StateDir()), "external-web.json"),
+	}); err != nil {
 		return nil, err
 	}
 	say("control plane in %s (API server https://%s:%d)", c.CPNetns(), c.CPIP(), controlplane.APIServerPort)
@@ -218,6 +228,12 @@ func StartKubelet(c Config, node string) error {
 	})
 	return err
 }
+
+// The external host's test server: it answers "pod external" on TCP port 80.
+const (
+	ExtServeName = "external"
+	ExtPort      = 80
+)
 
 // UpstreamCorefile is the upstream DNS server's configuration: authoritative for ExtZone
 // only (REFUSED for every other name: the lab never forwards to the internet).
@@ -361,12 +377,9 @@ func (l *Lab) notReady(ctx context.Context) (string, error) {
 			return "", err
 		}
 		for _, ip := range svcIPs {
-			if !strings.Contains(rules, ip) {
-				return fmt.Sprintf("kube-proxy on %s has no rule for %s yet", n.Name, ip), nil
+			if !ServiceHasEndpoints(rules, c.ProxyMode, ip) {
+				return fmt.Sprintf("kube-proxy on %s has no endpoint rules for %s yet", n.Name, ip), nil
 			}
-		}
-		if !HasEndpointRules(rules, c.ProxyMode) {
-			return fmt.Sprintf("kube-proxy on %s has no endpoint rules yet", n.Name), nil
 		}
 	}
 	return "", nil
@@ -400,12 +413,18 @@ func ProxyRules(ctx context.Context, netnsName, mode string) (string, error) {
 	return string(out), nil
 }
 
-// HasEndpointRules reports whether a kube-proxy dump has per-endpoint DNAT rules.
-func HasEndpointRules(rules, mode string) bool {
+// ServiceHasEndpoints reports whether a kube-proxy dump (ProxyRules) sends the ClusterIP ip
+// to endpoints: in iptables mode a "-d IP/32 ... -j KUBE-SVC-" jump of the nat table, in
+// nftables mode a service-ips element "IP . PROTO . PORT : goto service-..." (a Service
+// without endpoints only has a reject rule, which a plain search for the IP would also find).
+func ServiceHasEndpoints(rules, mode, ip string) bool {
+	var re *regexp.Regexp
 	if mode == "nftables" {
-		return strings.Contains(rules, "dnat to")
+		re = regexp.MustCompile(regexp.QuoteMeta(ip) + ` \. (tcp|udp|sctp) \. [0-9]+ : goto service-`)
+	} else {
+		re = regexp.MustCompile(`-d ` + regexp.QuoteMeta(ip) + `/32 .*-j KUBE-SVC-`)
 	}
-	return strings.Contains(rules, "-j DNAT")
+	return re.MatchString(rules)
 }
 
 // Exists reports whether a lab of that name has state or namespaces on this machine.
@@ -454,7 +473,7 @@ func (l *Lab) waitServiceRules(ctx context.Context, ip string) error {
 		missing := ""
 		for _, n := range l.State.Nodes {
 			rules, err := ProxyRules(ctx, n.Netns, c.ProxyMode)
-			if err != nil || !strings.Contains(rules, ip) {
+			if err != nil || !ServiceHasEndpoints(rules, c.ProxyMode, ip) {
 				missing = n.Name
 				break
 			}
@@ -468,4 +487,12 @@ func (l *Lab) waitServiceRules(ctx context.Context, ip string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// HasEndpointRules reports whether a kube-proxy dump has any per-endpoint DNAT rule.
+func HasEndpointRules(rules, mode string) bool {
+	if mode == "nftables" {
+		return strings.Contains(rules, "dnat to")
+	}
+	return strings.Contains(rules, "-j DNAT")
 }

@@ -3,6 +3,7 @@ package faults_test
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,6 +81,9 @@ func TestLab(t *testing.T) {
 			if mode == "iptables" {
 				statusJSON(t, self, root, name)
 				for _, f := range faults.All() {
+					if f.Group != "datapath" {
+						continue // the other groups have their own end-to-end test (e2e_more_test.go)
+					}
 					t.Run(f.ID, func(t *testing.T) { faultCycle(t, ctx, l, f) })
 				}
 				t.Run("container-restarted", func(t *testing.T) { containerRestarted(t, ctx, l) })
@@ -176,9 +180,45 @@ func healthy(t *testing.T, ctx context.Context, l *lab.Lab) {
 	if err != nil || len(ips) != 1 || ips[0] != l.State.Config.ExtIP().String() {
 		t.Errorf("DNS %s through CoreDNS and the upstream = %v, %v", lab.ExtHostName, ips, err)
 	}
-	// Pod to the external host: masqueraded by flannel's FLANNEL-POSTRTG.
+	// Pod to the external host: masqueraded by flannel's FLANNEL-POSTRTG (the external host has
+	// no route to the pod network).
 	if err := faults.Ping(ctx, src.Netns, l.State.Config.ExtIP().String(), 0); err != nil {
 		t.Errorf("pod -> external host: %v", err)
+	}
+	if err := faults.HTTPGet(ctx, src.Netns, l.State.Config.ExtIP().String()+":80", "pod "+lab.ExtServeName); err != nil {
+		t.Errorf("pod -> external host's server: %v", err)
+	}
+	// Nodes: InternalIP, and their Lease renewed by the lab kubelet.
+	for _, n := range l.State.Nodes {
+		node, err := l.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(node.Status.Addresses) == 0 || node.Status.Addresses[0].Type != corev1.NodeInternalIP || node.Status.Addresses[0].Address != n.IP {
+			t.Errorf("node %s addresses %v, want InternalIP %s", n.Name, node.Status.Addresses, n.IP)
+		}
+		lease, err := l.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil || lease.Spec.RenewTime == nil || time.Since(lease.Spec.RenewTime.Time) > time.Minute {
+			t.Errorf("lease of %s: %+v, %v", n.Name, lease, err)
+		}
+	}
+	// Every pod's IP is inside its node's pod CIDR (hostNetwork pods: the node's IP).
+	for _, p := range pods.Items {
+		ns, err := l.State.Node(p.Spec.NodeName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Spec.HostNetwork {
+			if p.Status.PodIP != ns.IP {
+				t.Errorf("hostNetwork pod %s/%s has IP %s, want node IP %s", p.Namespace, p.Name, p.Status.PodIP, ns.IP)
+			}
+			continue
+		}
+		cidr, err := netip.ParsePrefix(ns.PodCIDR)
+		ip, err2 := netip.ParseAddr(p.Status.PodIP)
+		if err != nil || err2 != nil || !cidr.Contains(ip) {
+			t.Errorf("pod %s/%s IP %s not in %s's pod CIDR %s", p.Namespace, p.Name, p.Status.PodIP, ns.Name, ns.PodCIDR)
+		}
 	}
 	// A pod process sees its own resolv.conf at /etc/resolv.conf (private mount namespace).
 	c, err := cri.Dial(ctx, kubelet.CRISocket(l.State.Config.StateDir(), src.Node))

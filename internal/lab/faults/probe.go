@@ -194,7 +194,7 @@ func (p *Prober) LocalService(ctx context.Context, dst PodRef, fromNode string) 
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		rules, err := lab.ProxyRules(ctx, ns, cfg.ProxyMode)
-		if err == nil && strings.Contains(rules, ip) {
+		if err == nil && lab.ServiceHasEndpoints(rules, cfg.ProxyMode, ip) {
 			return ip, nil
 		}
 		if time.Now().After(deadline) {

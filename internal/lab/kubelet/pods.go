@@ -433,6 +433,9 @@ func (k *Kubelet) reportStatus(ctx context.Context, r *podRuntime) {
 			cs.RestartCount = cr.restarts
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(cr.started.Truncate(time.Second))}
 		case cr != nil && cr.lastExit != nil:
+			if p.Spec.RestartPolicy != corev1.RestartPolicyNever {
+				anyRunning = true // restarting: the pod stays Running, as with a real kubelet
+			}
 			f := false
 			cs.Started = &f
 			cs.RestartCount = cr.restarts
@@ -768,11 +771,5 @@ func (k *Kubelet) ensureMountpoint(target, src string) error {
 	if len(created) == 0 {
 		return nil
 	}
-	f, err := os.OpenFile(filepath.Join(k.nodeDir, lab.MountpointsFile), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("record mountpoints: %w", err)
-	}
-	defer f.Close()
-	_, err = f.WriteString(strings.Join(created, "\n") + "\n")
-	return err
+	return lab.RecordMountpoints(created)
 }
