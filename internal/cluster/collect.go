@@ -251,7 +251,7 @@ func collectPods(ctx context.Context, cs kubernetes.Interface, s *Snapshot) erro
 		}
 		for i := range l.Items {
 			p := &l.Items[i]
-			keep := p.Namespace == KubeSystem || p.Namespace == AgentNamespace
+			keep := p.Namespace == KubeSystem || p.Namespace == AgentNamespace || declaresTCPPort(p)
 			for _, sel := range selectors[p.Namespace] {
 				if keep {
 					break
@@ -353,4 +353,20 @@ func FromLists(svcs *corev1.ServiceList, slices *discoveryv1.EndpointSliceList) 
 		s.EndpointSlices = append(s.EndpointSlices, convertSlice(&slices.Items[i]))
 	}
 	return s
+}
+
+// declaresTCPPort is true for a pod-network pod that declares a TCP
+// container port: what endpoint-not-listening checks for a listener.
+func declaresTCPPort(p *corev1.Pod) bool {
+	if p.Spec.HostNetwork {
+		return false
+	}
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if cp.Protocol == "" || cp.Protocol == corev1.ProtocolTCP {
+				return true
+			}
+		}
+	}
+	return false
 }

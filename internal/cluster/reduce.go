@@ -187,6 +187,27 @@ func endpointTargets(s *Snapshot, want map[string]bool) []EndpointTarget {
 			}
 		}
 	}
+	// Pods that declare a TCP port but back no Service: their declared
+	// ports must have a listener on the pod IP too.
+	for _, p := range s.Pods {
+		if p.HostNetwork || p.Phase != "Running" || len(p.PodIPs) == 0 || p.Node == "" || p.Deleting || (len(want) > 0 && !want[p.Node]) {
+			continue
+		}
+		for _, c := range p.Containers {
+			for _, cp := range c.Ports {
+				if cp.Protocol != "" && cp.Protocol != "TCP" {
+					continue
+				}
+				addr := joinHostPort(p.PodIPs[0], int(cp.Port))
+				if seen[p.Node+addr] || per[p.Node] >= maxEndpointsPer {
+					continue
+				}
+				seen[p.Node+addr] = true
+				per[p.Node]++
+				out = append(out, EndpointTarget{Node: p.Node, Pod: p.Namespace + "/" + p.Name, Addr: addr})
+			}
+		}
+	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Node != out[j].Node {
 			return out[i].Node < out[j].Node

@@ -470,7 +470,7 @@ func ruleEndpointNotListening(in *Input, r *Rule) ([]finding.Finding, []finding.
 			failed++
 			pod := ""
 			for _, e := range in.Spec.Endpoints {
-				if e.Node == n && e.Addr == p.Target && e.Service == p.Peer {
+				if e.Node == n && e.Addr == p.Target && e.Service == p.Peer && (pod == "" || e.Pod != "") {
 					pod = e.Pod
 				}
 			}
@@ -478,7 +478,11 @@ func ruleEndpointNotListening(in *Input, r *Rule) ([]finding.Finding, []finding.
 			if pod != "" {
 				subj = "pod/" + pod
 			}
-			fs = append(fs, r.finding(n, subj, fmt.Sprintf("endpoint %s of Service %s (pod %s) does not accept connections on its target port: the Service's connections are refused", p.Target, p.Peer, orNone(pod)),
+			msg := fmt.Sprintf("endpoint %s of Service %s (pod %s) does not accept connections on its target port: the Service's connections are refused", p.Target, p.Peer, orNone(pod))
+			if p.Peer == "" {
+				msg = fmt.Sprintf("pod %s does not accept connections on its declared port %s: connections to it are refused", orNone(pod), p.Target)
+			}
+			fs = append(fs, r.finding(n, subj, msg,
 				[]string{fmt.Sprintf("TCP connect from node %s to %s: %s", n, p.Target, pr.Detail)},
 				"check what the container listens on (kubectl exec POD -- ss -ltn, or `netdoctor exec`); make it listen on 0.0.0.0 (not 127.0.0.1) on the targetPort, or fix the Service's targetPort"))
 		}
