@@ -85,6 +85,7 @@ func connect(ctx context.Context, kube *genericclioptions.ConfigFlags) (kubernet
 		return nil, nil, UsageError("kubernetes client configuration: %v", err)
 	}
 	rc.QPS, rc.Burst = 50, 100
+	guardLabClient(kube, rc)
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, UsageError("kubernetes client: %v", err)

@@ -1,0 +1,44 @@
+package cli
+
+import (
+	"net"
+	"time"
+
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/rest"
+
+	"github.com/netdoctor/netdoctor/internal/lab"
+)
+
+// labClusterName is the cluster name in the kubeconfigs `netdoctor lab up`
+// writes (internal/lab/controlplane).
+const labClusterName = "lab"
+
+// guardLabClient makes a client of a lab's API server (the kubeconfig's
+// cluster is the lab's) dial through lab.GuardDial: from the host's network
+// namespace it connects only over the lab's own root link, never through
+// the default route when the lab is down or half up. Other clusters and
+// configurations that already set a dialer are left alone.
+func guardLabClient(kube *genericclioptions.ConfigFlags, rc *rest.Config) {
+	if rc.Dial != nil || kube == nil {
+		return
+	}
+	raw, err := kube.ToRawKubeConfigLoader().RawConfig()
+	if err != nil {
+		return
+	}
+	name := raw.CurrentContext
+	if kube.Context != nil && *kube.Context != "" {
+		name = *kube.Context
+	}
+	cluster := ""
+	if c := raw.Contexts[name]; c != nil {
+		cluster = c.Cluster
+	}
+	if kube.ClusterName != nil && *kube.ClusterName != "" {
+		cluster = *kube.ClusterName
+	}
+	if cluster == labClusterName {
+		rc.Dial = lab.GuardDial(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})
+	}
+}
