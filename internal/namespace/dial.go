@@ -216,3 +216,26 @@ func requireLiteral(address string) error {
 	}
 	return nil
 }
+
+// Control returns a net.Dialer / net.ListenConfig Control function that
+// refuses (ErrWrongNamespace) any socket not in the network namespace at
+// path, before it is connected or bound ("" checks nothing). Set it on
+// dialers used inside Do, including miekg/dns's Client.Dialer, so that a
+// dial that strays onto another goroutine fails instead of sending from the
+// wrong namespace.
+func Control(path string) func(network, address string, c syscall.RawConn) error {
+	if path == "" {
+		return nil
+	}
+	return func(network, address string, c syscall.RawConn) error {
+		want, err := inode(path)
+		if err != nil {
+			return err
+		}
+		var cerr error
+		if err := c.Control(func(fd uintptr) { cerr = checkFD(int(fd), path, want) }); err != nil {
+			return err
+		}
+		return cerr
+	}
+}

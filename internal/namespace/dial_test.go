@@ -162,3 +162,34 @@ func TestDialerWantsLiteralAddress(t *testing.T) {
 		t.Fatalf("dial by name: got %v, want a literal-IP error", err)
 	}
 }
+
+// TestControlInsideDo: the Control check passes for sockets made inside Do
+// (the way probes use it) and fails for one made outside.
+func TestControlInsideDo(t *testing.T) {
+	testutil.RequireRoot(t)
+	path := testutil.Path(testutil.NewNetns(t, "nsctl"))
+	l, err := namespace.Listen(context.Background(), path, "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	err = namespace.Do(path, func() error {
+		d := net.Dialer{Timeout: time.Second, Control: namespace.Control(path)}
+		c, err := d.Dial("tcp", l.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial inside the namespace with its Control: %v", err)
+	}
+	// Outside (this goroutine, root namespace), towards loopback only.
+	d := net.Dialer{Timeout: time.Second, Control: namespace.Control(path)}
+	if c, err := d.Dial("tcp", "127.0.0.1:9"); !errors.Is(err, namespace.ErrWrongNamespace) {
+		if err == nil {
+			c.Close()
+		}
+		t.Fatalf("dial outside the namespace with its Control: %v, want ErrWrongNamespace", err)
+	}
+}
