@@ -212,6 +212,7 @@ func TestTemporaryAgentHealthyLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rc.Dial = labpkg.GuardDial(nil) // from the host: only over the lab's root link, never the default route
 	cs := kubernetes.NewForConfigOrDie(rc)
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Namespaces().Get(ctx, "netdoctor", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
