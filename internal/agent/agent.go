@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -208,35 +207,16 @@ func (a *Agent) healthz(ctx context.Context) *cluster.HealthCheck {
 }
 
 // healthCheck GETs url from the network namespace netns ("" = current).
-// The connection is opened on a thread inside the namespace (the HTTP
-// transport dials from goroutines of its own, which would not be).
+// The URL's host must be an IP address when netns is set (names would be
+// resolved outside the namespace).
 func healthCheck(ctx context.Context, netns, url string) cluster.HealthCheck {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return cluster.HealthCheck{Detail: err.Error()}
 	}
-	host := req.URL.Host
-	if !strings.Contains(host, ":") {
-		host += ":80"
-	}
-	var conn net.Conn
-	err = namespace.Do(netns, func() error {
-		d := net.Dialer{Timeout: 2 * time.Second}
-		c, err := d.DialContext(ctx, "tcp", host)
-		conn = c
-		return err
-	})
-	if err != nil {
-		return cluster.HealthCheck{OK: false, Detail: err.Error()}
-	}
-	used := false
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(context.Context, string, string) (net.Conn, error) {
-		if used {
-			return nil, errors.New("health check: one connection only")
-		}
-		used = true
-		return conn, nil
-	}}
+	// The transport dials on goroutines of its own: namespace.Dialer makes
+	// the socket inside netns on a locked thread and checks it is there.
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: namespace.Dialer(netns, &net.Dialer{Timeout: 2 * time.Second})}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 2 * time.Second}).Do(req)
 	if err != nil {

@@ -107,7 +107,7 @@ func dnsProbe(p cluster.Probe, ns string) cluster.ProbeResult {
 	}
 	var r cluster.ProbeResult
 	err := namespace.Do(ns, func() error {
-		c := &dns.Client{Net: "udp", Timeout: ProbeTimeout}
+		c := &dns.Client{Net: "udp", Timeout: ProbeTimeout, Dialer: &net.Dialer{Timeout: ProbeTimeout, Control: namespace.Control(ns)}}
 		m := new(dns.Msg)
 		m.SetQuestion(dns.Fqdn(p.Target), dns.TypeA)
 		resp, rtt, err := c.Exchange(m, net.JoinHostPort(p.Server, "53"))
@@ -154,7 +154,8 @@ func contains(s []string, v string) bool {
 func udpProbe(target, ns string) cluster.ProbeResult {
 	var r cluster.ProbeResult
 	err := namespace.Do(ns, func() error {
-		c, err := net.DialTimeout("udp", target, ProbeTimeout)
+		d := net.Dialer{Timeout: ProbeTimeout, Control: namespace.Control(ns)}
+		c, err := d.Dial("udp", target)
 		if err != nil {
 			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": " + err.Error()}
 			return nil
