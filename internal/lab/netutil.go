@@ -27,7 +27,7 @@ func Handle(netnsName string) (*netlink.Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %s: %w", netnsName, err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in namespace %s: %w", netnsName, err)

@@ -68,7 +68,7 @@ func RecordMountpoints(paths []string) error {
 	if err != nil {
 		return fmt.Errorf("record mountpoints: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if _, err := f.WriteString(strings.Join(paths, "\n") + "\n"); err != nil {
 		return fmt.Errorf("record mountpoints: %w", err)
 	}

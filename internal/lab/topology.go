@@ -125,7 +125,7 @@ func attach(hh *netlink.Handle, br netlink.Link, member, hubPort string) error {
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", member, err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	v := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: hubPort, MTU: 1500},
 		PeerName:      UplinkName,
@@ -182,7 +182,7 @@ func addRootLink(c Config, st *State, hh *netlink.Handle, br netlink.Link) error
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", c.HubNetns(), err)
 	}
-	defer hubNS.Close()
+	defer func() { _ = hubNS.Close() }()
 	root, err := rootHandle()
 	if err != nil {
 		return err
@@ -226,7 +226,7 @@ func rootHandle() (*netlink.Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the host network namespace: %w", err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in the host namespace: %w", err)

@@ -609,13 +609,10 @@ func (cp *ControlPlane) Running() map[string]bool {
 // the API server (and the components' loopback health ports) are reachable from a process
 // that is not in the lab's network.
 func (cp *ControlPlane) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var conn net.Conn
-	err := namespace.Do(cp.Config.Netns, func() error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		conn = c
-		return err
-	})
+	// client-go and http.Transport call this from goroutines of their own:
+	// namespace.Dialer makes the socket on a thread inside the namespace and
+	// checks that it is there before connecting.
+	conn, err := namespace.Dialer(cp.Config.Netns, nil)(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from the control plane namespace: %w", addr, err)
 	}

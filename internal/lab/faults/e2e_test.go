@@ -225,7 +225,7 @@ func healthy(t *testing.T, ctx context.Context, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	found, err := c.FindPod(ctx, src.Namespace, src.Name)
 	if err != nil || found.PID == 0 {
 		t.Fatalf("CRI FindPod: %+v, %v", found, err)
@@ -377,7 +377,7 @@ func containerRestarted(t *testing.T, ctx context.Context, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	found, err := c.FindPod(ctx, w.Namespace, w.Name)
 	if err != nil || found.PID == 0 {
 		t.Fatalf("CRI FindPod: %+v, %v", found, err)

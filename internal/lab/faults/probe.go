@@ -272,7 +272,7 @@ func HTTPGet(ctx context.Context, netnsPath, addr, want string) error {
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", addr, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", addr); err != nil {
 		return fmt.Errorf("send to %s: %w", addr, err)
@@ -298,7 +298,7 @@ func LookupA(ctx context.Context, netnsPath, server, name string) ([]string, err
 	if err != nil {
 		return nil, fmt.Errorf("dns socket to %s: %w", server, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	dc := &dns.Conn{Conn: conn}
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)

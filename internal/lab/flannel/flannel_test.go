@@ -19,7 +19,7 @@ func handle(t *testing.T, ns string) *netlink.Handle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Close()
+	defer func() { _ = n.Close() }()
 	h, err := netlink.NewHandleAt(n)
 	if err != nil {
 		t.Fatal(err)

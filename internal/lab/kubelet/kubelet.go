@@ -3,7 +3,6 @@ package kubelet
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -430,5 +429,3 @@ func (k *Kubelet) kubernetesService(ctx context.Context) (string, int) {
 	}
 	return "", 0
 }
-
-var errStopped = errors.New("kubelet stopped")

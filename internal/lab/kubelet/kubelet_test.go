@@ -191,7 +191,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("NDLAB_TEST_PODEXEC") == "1" {
 		mt, _ := ParseMount(os.Getenv("NDLAB_TEST_MOUNT"))
 		err := ExecInMountNamespace([]Mount{mt}, []string{"cat", "/etc/resolv.conf"})
-		os.Stderr.WriteString(err.Error())
+		_, _ = os.Stderr.WriteString(err.Error())
 		os.Exit(3)
 	}
 	os.Exit(m.Run())

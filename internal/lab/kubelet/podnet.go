@@ -53,7 +53,7 @@ func SetupPodNet(nh *netlink.Handle, p PodNet) error {
 	if err != nil {
 		return fmt.Errorf("open pod netns %s: %w", p.Netns, err)
 	}
-	defer pns.Close()
+	defer func() { _ = pns.Close() }()
 	br, err := nh.LinkByName(flannel.BridgeName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", flannel.BridgeName, err)

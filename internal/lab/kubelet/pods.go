@@ -346,7 +346,7 @@ func (k *Kubelet) probeReady(ctx context.Context, r *podRuntime, p *corev1.Pod, 
 			if err != nil {
 				return false
 			}
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			return resp.StatusCode >= 200 && resp.StatusCode < 400
 		case pr.TCPSocket != nil:
 			pt := port(intOrName{num: pr.TCPSocket.Port.IntValue(), name: pr.TCPSocket.Port.StrVal})
@@ -354,7 +354,7 @@ func (k *Kubelet) probeReady(ctx context.Context, r *podRuntime, p *corev1.Pod, 
 			if err != nil {
 				return false
 			}
-			conn.Close()
+			_ = conn.Close()
 			return true
 		}
 		return true
@@ -367,7 +367,7 @@ func (k *Kubelet) probeReady(ctx context.Context, r *podRuntime, p *corev1.Pod, 
 		if err != nil {
 			return false
 		}
-		conn.Close()
+		_ = conn.Close()
 	}
 	return true
 }
@@ -604,7 +604,7 @@ func (k *Kubelet) materialise(ctx context.Context, r *podRuntime, p *corev1.Pod,
 				if err != nil {
 					return "", false, err
 				}
-				f.Close()
+				_ = f.Close()
 			}
 		}
 		return hp.Path, false, nil
@@ -762,7 +762,7 @@ func (k *Kubelet) ensureMountpoint(target, src string) error {
 	if !fi.IsDir() {
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 		if err == nil {
-			f.Close()
+			_ = f.Close()
 			created = append(created, target)
 		} else if !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("create mountpoint %s: %w", target, err)
