@@ -151,7 +151,7 @@ func (c *collector) collectNft(ctx context.Context, saves *sync.WaitGroup, saved
 	const section = "netfilter.nft"
 	if _, err := exec.LookPath("nft"); err != nil {
 		saves.Wait()
-		c.fail(section, fmt.Errorf("nft not installed: %w: %v", command.ErrNotFound, err))
+		c.fail(section, fmt.Errorf("nft not installed: %w: %w", command.ErrNotFound, err))
 		return "", false
 	}
 	run := func(args ...string) (string, error) {
@@ -168,7 +168,7 @@ func (c *collector) collectNft(ctx context.Context, saves *sync.WaitGroup, saved
 		saves.Wait()
 		doc, err2 := run("-j", "list", "ruleset")
 		if err2 != nil {
-			c.fail(section, fmt.Errorf("%w (table inventory: %v)", err2, err))
+			c.fail(section, fmt.Errorf("%w (table inventory: %w)", err2, err))
 			return "", false
 		}
 		return doc, true
@@ -247,7 +247,7 @@ func (c *collector) nftInventory() ([]nftTableRef, map[nftTableRef]nftRuleScan, 
 	if err != nil {
 		return nil, nil, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	tables, err := conn.tables()
 	if err != nil {
 		return nil, nil, fmt.Errorf("list nf_tables tables: %w", err)

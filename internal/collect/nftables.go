@@ -96,7 +96,7 @@ func openNftConn(nsPath string) (*nftConn, error) {
 		return nil, fmt.Errorf("open nf_tables netlink socket: %w", err)
 	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("bind nf_tables netlink socket: %w", err)
 	}
 	return &nftConn{fd: fd, buf: make([]byte, 256<<10)}, nil
