@@ -204,8 +204,12 @@ func (c *collector) collectNft(ctx context.Context, saves *sync.WaitGroup, saved
 			compatOnly = append(compatOnly, fmt.Sprintf("%s (%d rules)", t, s.Rules))
 			continue
 		case s.Native > 0:
-			c.fail(saveSection, fmt.Errorf("table %s holds %d rules written with nft (expressions %s; chains %s) that %s-save prints wrongly; read that table from the nft dump",
-				t, s.Native, strings.Join(s.Exprs, ", "), strings.Join(s.Chains, ", "), strings.TrimPrefix(saveSection, "netfilter.")))
+			where := "read that table from the nft dump"
+			if s.Rules > CompatTableRuleLimit {
+				where = "the table is too big for the nft dump (see netfilter.nft)"
+			}
+			c.fail(saveSection, fmt.Errorf("table %s holds %d rules written with nft (expressions %s; chains %s) that %s-save prints wrongly; %s",
+				t, s.Native, strings.Join(s.Exprs, ", "), strings.Join(s.Chains, ", "), strings.TrimPrefix(saveSection, "netfilter."), where))
 		}
 		if s.Rules > CompatTableRuleLimit {
 			why := "its save failed"
