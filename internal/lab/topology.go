@@ -213,6 +213,9 @@ func addRootLink(c Config, st *State, hh *netlink.Handle, br netlink.Link) error
 	if err := hh.LinkSetMaster(p, br); err != nil {
 		return fmt.Errorf("attach v-root to %s: %w", BridgeName, err)
 	}
+	if err := guardRootPort(c); err != nil {
+		return err
+	}
 	if err := hh.LinkSetUp(p); err != nil {
 		return fmt.Errorf("bring up v-root: %w", err)
 	}

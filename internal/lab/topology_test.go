@@ -124,6 +124,7 @@ func TestBuildTopologyAndDown(t *testing.T) {
 	}
 	// The root namespace reaches the control plane namespace through its one link.
 	testutil.MustRun(t, "", "ping", "-c1", "-W2", "-I", RootLinkName(c.Name), c.CPIP().String())
+	checkRootPortGuard(t, c)
 	if v, err := GetSysctl(c.NodeNetns(1), "net.ipv4.ip_forward"); err != nil || v != "1" {
 		t.Fatalf("ip_forward in node1 = %q, %v", v, err)
 	}
