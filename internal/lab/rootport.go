@@ -21,7 +21,10 @@ const RootPortTable = "ndlab_root"
 func rootPortRules(c Config) string {
 	allow := fmt.Sprintf(`oifname "v-root" ether type arp accept; oifname "v-root" ip saddr %s ip daddr %s accept; oifname "v-root" counter drop`,
 		c.UnderlayCIDR.Masked(), c.RootIP())
-	return fmt.Sprintf(`table bridge %[1]s {
+	// Declare, delete, then define: loading twice leaves one copy.
+	return fmt.Sprintf(`table bridge %[1]s
+delete table bridge %[1]s
+table bridge %[1]s {
 	chain forward { type filter hook forward priority 0; policy accept; %[2]s; }
 	chain output { type filter hook output priority 0; policy accept; %[2]s; }
 }
