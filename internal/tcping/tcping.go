@@ -246,15 +246,7 @@ func NetnsResolver(path string) *net.Resolver {
 	if path == "" {
 		return net.DefaultResolver
 	}
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-		var c net.Conn
-		err := namespace.Do(path, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
-			return err
-		})
-		return c, err
-	}}
+	return namespace.Resolver(path)
 }
 
 func probeOnce(ctx context.Context, opts Options, addr string) Attempt {
@@ -279,7 +271,7 @@ func probeOnce(ctx context.Context, opts Options, addr string) Attempt {
 // probeTCP connects once. It runs on the thread that namespace.Do locked,
 // so the socket is created in the target namespace.
 func probeTCP(ctx context.Context, opts Options, addr string) Attempt {
-	d := net.Dialer{Timeout: opts.Timeout}
+	d := net.Dialer{Timeout: opts.Timeout, Control: namespace.Control(opts.Netns)}
 	start := time.Now()
 	c, err := d.DialContext(ctx, "tcp", addr)
 	rtt := time.Since(start)
@@ -306,7 +298,7 @@ func probeTCP(ctx context.Context, opts Options, addr string) Attempt {
 }
 
 func probeUDP(ctx context.Context, opts Options, addr string) Attempt {
-	d := net.Dialer{Timeout: opts.Timeout}
+	d := net.Dialer{Timeout: opts.Timeout, Control: namespace.Control(opts.Netns)}
 	start := time.Now()
 	c, err := d.DialContext(ctx, "udp", addr)
 	if err != nil {
@@ -355,7 +347,7 @@ func probeUDP(ctx context.Context, opts Options, addr string) Attempt {
 func probeDNS(ctx context.Context, opts Options, addr string) Attempt {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(opts.DNSName), opts.DNSType)
-	c := dns.Client{Net: "udp", Timeout: opts.Timeout}
+	c := dns.Client{Net: "udp", Timeout: opts.Timeout, Dialer: &net.Dialer{Timeout: opts.Timeout, Control: namespace.Control(opts.Netns)}}
 	start := time.Now()
 	r, _, err := c.ExchangeContext(ctx, m, addr)
 	a := Attempt{RTT: Ms(time.Since(start))}
