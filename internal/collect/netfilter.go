@@ -204,6 +204,9 @@ func (c *collector) collectNft(ctx context.Context, saves *sync.WaitGroup, saved
 			compatOnly = append(compatOnly, fmt.Sprintf("%s (%d rules)", t, s.Rules))
 			continue
 		case s.Native > 0:
+			c.mu.Lock()
+			c.snap.Netfilter.NftWrittenTables = append(c.snap.Netfilter.NftWrittenTables, t.String())
+			c.mu.Unlock()
 			where := "read that table from the nft dump"
 			if s.Rules > CompatTableRuleLimit {
 				where = "the table is too big for the nft dump (see netfilter.nft)"

@@ -294,6 +294,10 @@ type Netfilter struct {
 	// "both" (a classic source of confusion) or "none"; empty when no
 	// iptables dump could be taken.
 	Backend string `json:"backend,omitempty"`
+	// NftWrittenTables lists iptables-nft tables ("ip filter") that hold
+	// rules written with nft, which iptables-nft-save prints wrongly; when
+	// NftJSON holds such a table, it is the one to trust.
+	NftWrittenTables []string `json:"nftWrittenTables,omitempty"`
 }
 
 // IPVS is the IPVS table (ipvsadm -Sn) and kube-ipvs0's addresses.

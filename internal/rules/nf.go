@@ -51,14 +51,35 @@ func buildNF(in *Input) *nfView {
 	if k := "netfilter.nft"; s.Errors[k] != "" {
 		v.Missing = append(v.Missing, k+": "+s.Errors[k])
 	}
+	written, fromNft := map[string]bool{}, map[string]bool{}
+	for _, t := range nf.NftWrittenTables {
+		written[t] = true
+	}
 	if strings.TrimSpace(nf.NftJSON) != "" {
-		rs, err := parseNativeNft(nf.NftJSON, strings.TrimSpace(nf.IptablesNft) != "")
+		rs, err := parseNativeNft(nf.NftJSON, strings.TrimSpace(nf.IptablesNft) != "", written)
 		switch {
 		case err != nil:
 			v.Problems = append(v.Problems, fmt.Sprintf("nft -j list ruleset: %v", err))
 		case rs != nil:
 			rs.Source = "nft"
 			v.Rulesets = append(v.Rulesets, rs)
+			for _, t := range rs.Tables {
+				if written[t.Family+" "+t.Name] {
+					fromNft[t.Family+" "+t.Name] = true
+				}
+			}
+		}
+	}
+	// A table iptables-nft-save prints wrongly is traced from the nft dump
+	// when it is there; without it the trace cannot be trusted.
+	for i, rs := range v.Rulesets {
+		if rs.Source == "iptables-nft" && len(fromNft) > 0 {
+			v.Rulesets[i] = withoutTables(rs, fromNft)
+		}
+	}
+	for _, t := range nf.NftWrittenTables {
+		if !fromNft[t] {
+			v.Problems = append(v.Problems, fmt.Sprintf("iptables-nft table %s holds rules written with nft that iptables-nft-save prints wrongly, and no nft dump of it was taken", t))
 		}
 	}
 	if s.Netfilter.Ipsets != "" {

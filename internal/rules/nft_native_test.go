@@ -11,14 +11,16 @@ func TestParseNativeNftKeepsNativeTableNamedFilter(t *testing.T) {
 	tests := []struct {
 		name            string
 		haveIptablesNft bool
+		trusted         map[string]bool
 		want            []string
 	}{
-		{"iptables-nft present: its own filter table dropped, native nat kept", true, []string{"nat"}},
-		{"no iptables-nft dump: everything kept", false, []string{"filter", "nat"}},
+		{"iptables-nft present: its own filter table dropped, native nat kept", true, nil, []string{"nat"}},
+		{"no iptables-nft dump: everything kept", false, nil, []string{"filter", "nat"}},
+		{"iptables-nft table with nft-written rules kept from the nft dump", true, map[string]bool{"ip filter": true}, []string{"filter", "nat"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			rs, err := parseNativeNft(doc, tc.haveIptablesNft)
+			rs, err := parseNativeNft(doc, tc.haveIptablesNft, tc.trusted)
 			if err != nil {
 				t.Fatal(err)
 			}
