@@ -27,7 +27,7 @@ func TestHealthCheckInNamespace(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }), ReadHeaderTimeout: 2 * time.Second}
 	go func() { _ = srv.Serve(l) }()
-	defer srv.Close()
+	defer func() { _ = srv.Close() }()
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 
 	tests := []struct {
@@ -47,7 +47,7 @@ func TestHealthCheckInNamespace(t *testing.T) {
 		})
 	}
 	if c, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
-		c.Close()
+		_ = c.Close()
 		t.Skip("skipped the negative half: something listens on the same loopback port in the root namespace")
 	}
 }

@@ -155,7 +155,7 @@ func inode(path string) (nsID, error) {
 	if err := unix.Stat(path, &st); err != nil {
 		return nsID{}, fmt.Errorf("stat network namespace %s: %w", path, err)
 	}
-	return nsID{uint64(st.Dev), st.Ino}, nil
+	return nsID{st.Dev, st.Ino}, nil
 }
 
 // checkFD asks the kernel which namespace the socket lives in (SIOCGSKNS,
@@ -165,12 +165,12 @@ func checkFD(fd int, path string, want nsID) error {
 	if err != nil {
 		return fmt.Errorf("ask the network namespace of socket %d (SIOCGSKNS): %w", fd, err)
 	}
-	defer unix.Close(nsfd)
+	defer func() { _ = unix.Close(nsfd) }()
 	var st unix.Stat_t
 	if err := unix.Fstat(nsfd, &st); err != nil {
 		return fmt.Errorf("stat the network namespace of socket %d: %w", fd, err)
 	}
-	if got := (nsID{uint64(st.Dev), st.Ino}); got != want {
+	if got := (nsID{st.Dev, st.Ino}); got != want {
 		return fmt.Errorf("%w: made in namespace inode %d, want %s (inode %d)", ErrWrongNamespace, got.ino, path, want.ino)
 	}
 	return nil

@@ -74,7 +74,7 @@ func TestDialerHTTPFromManyGoroutines(t *testing.T) {
 				errs <- err
 				return
 			}
-			defer resp.Body.Close()
+			defer func() { _ = resp.Body.Close() }()
 			b, err := io.ReadAll(resp.Body)
 			if err != nil {
 				errs <- err
@@ -115,7 +115,7 @@ func TestDialerRefusesWrongNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	err = namespace.Do(other, func() error {
 		d := net.Dialer{Timeout: time.Second, Control: func(_, _ string, c syscall.RawConn) error {
 			var cerr error
@@ -126,7 +126,7 @@ func TestDialerRefusesWrongNamespace(t *testing.T) {
 		}}
 		c, err := d.Dial("tcp", l.Addr().String())
 		if err == nil {
-			c.Close()
+			_ = c.Close()
 		}
 		return err
 	})
@@ -142,14 +142,14 @@ func TestDialerRefusesWrongNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l2.Close()
+	defer func() { _ = l2.Close() }()
 	c, err := namespace.Dialer(path, &net.Dialer{Timeout: time.Second})(context.Background(), "tcp", l2.Addr().String())
 	if err != nil {
 		t.Fatalf("dial the namespace's listener: %v", err)
 	}
-	c.Close()
+	_ = c.Close()
 	if c, err := net.DialTimeout("tcp", l2.Addr().String(), time.Second); err == nil {
-		c.Close()
+		_ = c.Close()
 		t.Fatalf("the root namespace reached %s too: the listener was not in the namespace", l2.Addr())
 	}
 }
@@ -172,12 +172,12 @@ func TestControlInsideDo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	err = namespace.Do(path, func() error {
 		d := net.Dialer{Timeout: time.Second, Control: namespace.Control(path)}
 		c, err := d.Dial("tcp", l.Addr().String())
 		if err == nil {
-			c.Close()
+			_ = c.Close()
 		}
 		return err
 	})
@@ -188,7 +188,7 @@ func TestControlInsideDo(t *testing.T) {
 	d := net.Dialer{Timeout: time.Second, Control: namespace.Control(path)}
 	if c, err := d.Dial("tcp", "127.0.0.1:9"); !errors.Is(err, namespace.ErrWrongNamespace) {
 		if err == nil {
-			c.Close()
+			_ = c.Close()
 		}
 		t.Fatalf("dial outside the namespace with its Control: %v, want ErrWrongNamespace", err)
 	}
