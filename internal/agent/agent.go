@@ -222,7 +222,7 @@ func healthCheck(ctx context.Context, netns, url string) cluster.HealthCheck {
 	if err != nil {
 		return cluster.HealthCheck{OK: false, Detail: err.Error()}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	return cluster.HealthCheck{OK: resp.StatusCode == http.StatusOK, Detail: "GET " + url + ": " + resp.Status}
 }
 
@@ -294,7 +294,7 @@ func (a *Agent) findPodNetns(ctx context.Context, t cluster.NodeTarget) (string,
 	}
 	p, err := FindNetnsByAddr(a.procRoot(), t.PodIP, a.Netns)
 	if err != nil {
-		return "", fmt.Errorf("CRI: %v; /proc: %w", criErr, err)
+		return "", fmt.Errorf("CRI: %w; /proc: %w", criErr, err)
 	}
 	return p, nil
 }

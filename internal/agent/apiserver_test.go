@@ -335,7 +335,7 @@ func needBinary(t *testing.T) string {
 		out := filepath.Join(apiServer.tmp, "netdoctor")
 		cmd := exec.Command("go", "build", "-o", out, "../../cmd/netdoctor")
 		if b, err := cmd.CombinedOutput(); err != nil {
-			netdoctorBin.err = fmt.Errorf("build netdoctor: %v\n%s", err, b)
+			netdoctorBin.err = fmt.Errorf("build netdoctor: %w\n%s", err, b)
 			return
 		}
 		netdoctorBin.path = out

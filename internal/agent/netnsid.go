@@ -35,7 +35,7 @@ func isAttached(nodeNetns, path string, ids map[int]bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var id int
 	err = namespace.Do(nodeNetns, func() error {
 		var err error

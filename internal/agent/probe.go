@@ -160,7 +160,7 @@ func udpProbe(target, ns string) cluster.ProbeResult {
 			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "udp " + target + ": " + err.Error()}
 			return nil
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		// A VXLAN header with the I flag and VNI 0 and no inner frame: the
 		// receiver drops it without a reply. Three datagrams, as ICMP
 		// errors are rate limited and one may be suppressed.
@@ -225,7 +225,7 @@ func icmpEcho(dst netip.Addr, size int, df bool) cluster.ProbeResult {
 		return cluster.ProbeResult{Status: cluster.ProbeError, Detail: "raw ICMP socket: " + err.Error() + " (needs CAP_NET_RAW)"}
 	}
 	f := os.NewFile(uintptr(fd), "icmp")
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sa := &unix.SockaddrInet4{Addr: dst.As4()}
 	if err := unix.Connect(fd, sa); err != nil {
 		return cluster.ProbeResult{Status: cluster.ProbeFail, Detail: "connect " + dst.String() + ": " + err.Error()}

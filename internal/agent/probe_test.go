@@ -47,10 +47,10 @@ func TestRunProbesInNamespaces(t *testing.T) {
 			if err != nil {
 				return
 			}
-			c.Close()
+			_ = c.Close()
 		}
 	}()
-	defer tl.Close()
+	defer func() { _ = tl.Close() }()
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
@@ -63,7 +63,7 @@ func TestRunProbesInNamespaces(t *testing.T) {
 		_ = w.WriteMsg(m)
 	})}
 	go func() { _ = srv.ActivateAndServe() }()
-	defer srv.Shutdown()
+	defer func() { _ = srv.Shutdown() }()
 
 	plan := []cluster.Probe{
 		{ID: "icmp", Netns: cluster.FromHost, Kind: cluster.KindPodICMP, Target: "198.18.200.2"},

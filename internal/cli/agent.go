@@ -71,7 +71,7 @@ func newAgentTargetCommand() *cobra.Command {
 		Short: "Accept and close TCP connections: the connectivity matrix's probe target pod",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.ErrOrStderr(), "netdoctor probe target on %s\n", listen)
+			_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "netdoctor probe target on %s\n", listen)
 			return agent.ServeTarget(cmd.Context(), listen)
 		},
 	}

@@ -135,7 +135,7 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 				cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
 				if uerr := install.Uninstall(cctx, cs, true); uerr != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: remove the temporary agent: %v (run `netdoctor uninstall`)\n", uerr)
+					_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "warning: remove the temporary agent: %v (run `netdoctor uninstall`)\n", uerr)
 				}
 			}()
 			if err := install.Apply(ctx, cs, install.Objects(install.Options{Image: o.image, Temporary: true})); err != nil {
@@ -162,7 +162,7 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if cerr := agent.Cleanup(cctx, cs, install.Namespace, req.ID); cerr != nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", cerr)
+				_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", cerr)
 			}
 		}()
 		wctx, cancel := context.WithDeadline(ctx, req.Deadline)
@@ -302,7 +302,9 @@ func renderCheck(w io.Writer, rep *cluster.CheckReport, nodes int, took time.Dur
 		return err
 	}
 	if rep.Matrix != nil {
-		fmt.Fprintln(w, "\nconnectivity matrix (odd cells marked !):")
+		if _, err := fmt.Fprintln(w, "\nconnectivity matrix (odd cells marked !):"); err != nil {
+			return err
+		}
 		return rep.Matrix.Render(w, color)
 	}
 	return nil
@@ -340,7 +342,7 @@ func (p *progress) loop() {
 	for {
 		p.mu.Lock()
 		if !p.stopped && p.msg != "" {
-			fmt.Fprintf(p.w, "\r\x1b[K%s...", p.msg)
+			_, _ = fmt.Fprintf(p.w, "\r\x1b[K%s...", p.msg)
 			p.shown = true
 		}
 		p.mu.Unlock()
@@ -367,6 +369,6 @@ func (p *progress) stop() {
 	p.stopped = true
 	close(p.done)
 	if p.shown {
-		fmt.Fprint(p.w, "\r\x1b[K")
+		_, _ = fmt.Fprint(p.w, "\r\x1b[K")
 	}
 }

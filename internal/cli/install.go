@@ -49,13 +49,13 @@ system-node-critical) and the probe-target DaemonSet and Service.
 			if err := install.Apply(ctx, cs, install.Objects(opts)); err != nil {
 				return &ExitCodeError{Code: ExitError, Err: err}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "installed netdoctor agent in namespace %s (image %s)\n", install.Namespace, orDefault(image, install.DefaultImg))
+			_, _ = fmt.Fprintf(cmd.OutOrStdout(), "installed netdoctor agent in namespace %s (image %s)\n", install.Namespace, orDefault(image, install.DefaultImg))
 			if wait {
 				n, err := install.WaitReady(ctx, cs, 0)
 				if err != nil {
 					return &ExitCodeError{Code: ExitError, Err: err}
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%d agent(s) ready\n", n)
+				_, _ = fmt.Fprintf(cmd.OutOrStdout(), "%d agent(s) ready\n", n)
 			}
 			return nil
 		},
@@ -85,7 +85,7 @@ func newUninstallCommand() *cobra.Command {
 			if err := install.Uninstall(ctx, cs, true); err != nil {
 				return &ExitCodeError{Code: ExitError, Err: err}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed netdoctor from the cluster\n")
+			_, _ = fmt.Fprintf(cmd.OutOrStdout(), "removed netdoctor from the cluster\n")
 			return nil
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -65,7 +66,7 @@ func setup() {
 		lab.skip = "skipped: no lab Kubernetes binary (make labbins): " + err.Error()
 		return
 	}
-	os.Setenv("NETDOCTOR_K8S_BIN", k8s)
+	_ = os.Setenv("NETDOCTOR_K8S_BIN", k8s)
 	tmp, err := os.MkdirTemp("", "ndt-cd-e2e-")
 	if err != nil {
 		lab.skip = err.Error()
@@ -83,7 +84,7 @@ func setup() {
 	// The lab gets its own underlay and state root so that it runs next to
 	// other engineers' labs (the default underlay is theirs).
 	lab.state = filepath.Join(tmp, "state")
-	os.Setenv("NETDOCTOR_LAB_STATE", lab.state)
+	_ = os.Setenv("NETDOCTOR_LAB_STATE", lab.state)
 	cfg := labpkg.Config{Name: labName, Nodes: 3, ProxyMode: "iptables",
 		UnderlayCIDR: netip.MustParsePrefix("198.18.8.0/24"),
 		ClusterCIDR:  netip.MustParsePrefix("198.18.64.0/18"),
@@ -122,24 +123,12 @@ func run(timeout time.Duration, args ...string) (string, string, int) {
 	code := 0
 	if err != nil {
 		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			code = ee.ExitCode()
 		}
 	}
 	return out.String(), errOut.String(), code
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
-}
-
-func lastJSON(s string) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	return l[len(l)-1]
 }
 
 func needLab(t *testing.T) {
@@ -276,7 +265,7 @@ func TestFaults(t *testing.T) {
 				if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cd-scaleout"}}, metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
-				defer cs.CoreV1().Nodes().Delete(ctx, "cd-scaleout", metav1.DeleteOptions{})
+				defer func() { _ = cs.CoreV1().Nodes().Delete(ctx, "cd-scaleout", metav1.DeleteOptions{}) }()
 			}
 			var r *checkReport
 			var took time.Duration
