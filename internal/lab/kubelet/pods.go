@@ -411,7 +411,7 @@ func (k *Kubelet) reportStatus(ctx context.Context, r *podRuntime) {
 		HostIP:    k.nodeIP.String(),
 		HostIPs:   []corev1.HostIP{{IP: k.nodeIP.String()}},
 		StartTime: &metav1.Time{Time: r.created.Truncate(time.Second)},
-		QOSClass:  corev1.PodQOSBestEffort,
+		QOSClass:  p.Status.QOSClass, // set by the API server at creation, immutable
 	}
 	if r.ip != "" {
 		st.PodIP = r.ip
