@@ -21,12 +21,17 @@ const RootPortTable = "ndlab_root"
 func rootPortRules(c Config) string {
 	allow := fmt.Sprintf(`oifname "v-root" ether type arp accept; oifname "v-root" ip saddr %s ip daddr %s accept; oifname "v-root" counter drop`,
 		c.UnderlayCIDR.Masked(), c.RootIP())
-	// Declare, delete, then define: loading twice leaves one copy.
+	// Declare, delete, then define: loading twice leaves one copy. Priority
+	// -300 runs before br_netfilter (priority 0), which takes IPv4 frames
+	// through iptables and re-injects them past every bridge hook of its own
+	// priority: a chain at 0 can be skipped for exactly the frames that matter.
+	// postrouting sees forwarded and locally sent frames alike.
 	return fmt.Sprintf(`table bridge %[1]s
 delete table bridge %[1]s
 table bridge %[1]s {
-	chain forward { type filter hook forward priority 0; policy accept; %[2]s; }
-	chain output { type filter hook output priority 0; policy accept; %[2]s; }
+	chain forward { type filter hook forward priority -300; policy accept; %[2]s; }
+	chain output { type filter hook output priority -300; policy accept; %[2]s; }
+	chain postrouting { type filter hook postrouting priority -300; policy accept; %[2]s; }
 }
 `, RootPortTable, allow)
 }

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -41,14 +42,29 @@ func rootPortDrops(t *testing.T, c Config) int {
 }
 
 // checkRootPortGuard: what is not underlay-to-root IPv4 stops at the hub.
-// node1 pings all IPv6 nodes on its uplink (link-local multicast: even
-// unguarded it could not leave the root namespace's link); the hub drops the
-// copy toward the root namespace.
+// Two senders on node1, neither of which could leave the machine even if the
+// guard failed:
+//   - IPv6 all-nodes multicast on the uplink (link-local);
+//   - IPv4 unicast to the root link's MAC for another underlay address, the
+//     frame br_netfilter takes through iptables (a chain at its priority can
+//     be skipped); unguarded, the host namespace would answer node1's
+//     underlay address, which it reaches over the lab's own link.
 func checkRootPortGuard(t *testing.T, c Config) {
 	t.Helper()
 	before := rootPortDrops(t, c)
 	_, _ = testutil.Run(t, c.NodeNetns(1), "ping", "-6", "-c1", "-W1", "ff02::1%"+UplinkName)
-	if after := rootPortDrops(t, c); after <= before {
-		t.Fatalf("root port guard dropped nothing (%d before, %d after)", before, after)
+	after := rootPortDrops(t, c)
+	if after <= before {
+		t.Fatalf("root port guard dropped no IPv6 (%d before, %d after)", before, after)
+	}
+	mac, err := os.ReadFile("/sys/class/net/" + RootLinkName(c.Name) + "/address")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := hostIn(c.UnderlayCIDR.Masked(), 77).String()
+	testutil.MustRun(t, c.NodeNetns(1), "ip", "neigh", "replace", other, "lladdr", strings.TrimSpace(string(mac)), "dev", UplinkName, "nud", "permanent")
+	_, _ = testutil.Run(t, c.NodeNetns(1), "ping", "-c2", "-i0.2", "-W1", other)
+	if final := rootPortDrops(t, c); final < after+2 {
+		t.Fatalf("root port guard let IPv4 for %s through to the root link's MAC (drops %d -> %d)", other, after, final)
 	}
 }
