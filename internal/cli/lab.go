@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/netdoctor/netdoctor/internal/lab"
 	"github.com/netdoctor/netdoctor/internal/lab/controlplane"
@@ -320,7 +321,7 @@ func printVerify(ctx context.Context, w io.Writer, l *lab.Lab, f faults.Fault, n
 
 func newLabDemo() *cobra.Command {
 	var c lab.Config
-	var keep bool
+	var keep, withAgent bool
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Start the lab (unless running), then inject, prove and heal each fault in turn",
@@ -354,6 +355,16 @@ func newLabDemo() *cobra.Command {
 					}
 				}
 			}()
+			agent := false
+			if withAgent {
+				fmt.Fprintln(out, "installing the netdoctor agent (netdoctor install):")
+				runIndented(ctx, out, "install", "--kubeconfig", l.State.Kubeconfig)
+				if err := waitAgents(ctx, l); err != nil {
+					fmt.Fprintf(out, "   agents not ready (%v): showing `netdoctor node check` instead\n", err)
+				} else {
+					agent = true
+				}
+			}
 			var failed []string
 			for _, f := range faults.All() {
 				fmt.Fprintf(out, "\n== %s: %s\n   injection: %s\n", f.ID, f.Summary, f.Injection)
@@ -367,8 +378,13 @@ func newLabDemo() *cobra.Command {
 				if err := printVerify(ctx, out, l, f, in.Node, true); err != nil {
 					failed = append(failed, f.ID)
 				}
-				fmt.Fprintf(out, "   netdoctor node check on %s says:\n", in.Node)
-				nodeCheck(ctx, out, l, in.Node)
+				if agent {
+					fmt.Fprintln(out, "   netdoctor check (the whole cluster, through the agents) says:")
+					runIndented(ctx, out, "check", "--kubeconfig", l.State.Kubeconfig)
+				} else {
+					fmt.Fprintf(out, "   netdoctor node check on %s says:\n", in.Node)
+					nodeCheck(ctx, out, l, in.Node)
+				}
 				if _, err := faults.Heal(ctx, l, f.ID); err != nil {
 					failed = append(failed, f.ID)
 					fmt.Fprintf(out, "   heal failed: %v\n", err)
@@ -390,7 +406,45 @@ func newLabDemo() *cobra.Command {
 	cmd.Flags().IntVar(&c.Nodes, "nodes", lab.DefaultNodes, "number of nodes (if the demo starts the lab)")
 	cmd.Flags().StringVar(&c.ProxyMode, "proxy-mode", "iptables", "kube-proxy mode: iptables or nftables")
 	cmd.Flags().BoolVar(&keep, "keep", false, "leave the lab running afterwards")
+	cmd.Flags().BoolVar(&withAgent, "agent", true, "install the netdoctor agent and show `netdoctor check` of the whole cluster for each fault (else `node check` of the faulted node)")
 	return cmd
+}
+
+// runIndented runs this binary with args and prints its output indented.
+func runIndented(ctx context.Context, w io.Writer, args ...string) {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(w, "      (cannot find netdoctor: %v)\n", err)
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	out, _ := exec.CommandContext(cctx, self, args...).CombinedOutput() // exit 1 means findings
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		fmt.Fprintln(w, "      "+line)
+	}
+}
+
+// waitAgents waits until the agent DaemonSet runs a ready pod on every node.
+func waitAgents(ctx context.Context, l *lab.Lab) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ds, err := l.Client.AppsV1().DaemonSets("netdoctor").Get(ctx, "netdoctor-agent", metav1.GetOptions{})
+		if err == nil && ds.Status.DesiredNumberScheduled > 0 && ds.Status.NumberReady == ds.Status.DesiredNumberScheduled {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%d of %d agents ready", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // nodeCheck runs `netdoctor node check` on a lab node's namespace (this binary, as a user
