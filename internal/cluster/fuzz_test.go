@@ -14,9 +14,7 @@ func FuzzKubeProxyState(f *testing.F) {
 	f.Add("", "clusterCIDR: \"\"\n")
 	f.Fuzz(func(t *testing.T, cmdline, config string) {
 		p := facts.Process{PID: 1, Name: "kube-proxy", Config: map[string]string{"/c": config}}
-		for _, a := range splitNUL(cmdline) {
-			p.Cmdline = append(p.Cmdline, a)
-		}
+		p.Cmdline = append(p.Cmdline, splitNUL(cmdline)...)
 		st := KubeProxyStateOf(p)
 		if st == nil || st.Flags == nil {
 			t.Fatal("no state")
