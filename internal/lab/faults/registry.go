@@ -236,6 +236,11 @@ func Inject(ctx context.Context, l *lab.Lab, id, node string) (*Injected, error)
 		}
 	}
 	data, err := f.Inject(ctx, t)
+	// Routes or addresses the injection removed must not leave packets
+	// waiting on ARP (see flushPendingNeighbours).
+	if ferr := flushPendingNeighbours(l); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("inject %s on %s: %w", id, t.Node, err)
 	}
@@ -268,7 +273,11 @@ func Heal(ctx context.Context, l *lab.Lab, id string) ([]Injected, error) {
 			continue
 		}
 		t := Target{Lab: l, Node: a.Node, Peer: a.Peer}
-		if err := f.Heal(ctx, t, a.Data); err != nil {
+		err := f.Heal(ctx, t, a.Data)
+		if ferr := flushPendingNeighbours(l); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("heal %s on %s: %w", a.ID, a.Node, err))
 			keep = append([]Injected{a}, keep...)
 			continue
