@@ -80,10 +80,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		for ev := range w.ResultChan() {
-			if ev.Type == watch.Added || ev.Type == watch.Modified {
-				if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
-					a.consider(ctx, cm)
-				}
+			cm, ok := ev.Object.(*corev1.ConfigMap)
+			if !ok {
+				continue
+			}
+			switch ev.Type {
+			case watch.Added, watch.Modified:
+				a.consider(ctx, cm)
+			case watch.Deleted:
+				// The CLI removed its request: forget it, so that a
+				// long-running agent's memory does not grow with every check.
+				a.mu.Lock()
+				delete(a.done, cm.Labels[LabelRequest])
+				a.mu.Unlock()
 			}
 		}
 		w.Stop()
