@@ -235,6 +235,7 @@ func Inject(ctx context.Context, l *lab.Lab, id, node string) (*Injected, error)
 			return nil, fmt.Errorf("fault %s is already injected on %s: heal it first", id, t.Node)
 		}
 	}
+	_ = flushPendingNeighbours(l)
 	data, err := f.Inject(ctx, t)
 	// Routes or addresses the injection removed must not leave packets
 	// waiting on ARP (see flushPendingNeighbours).
@@ -273,6 +274,8 @@ func Heal(ctx context.Context, l *lab.Lab, id string) ([]Injected, error) {
 			continue
 		}
 		t := Target{Lab: l, Node: a.Node, Peer: a.Peer}
+		// Flushed before too: fewer packets queued when routes go away.
+		_ = flushPendingNeighbours(l)
 		err := f.Heal(ctx, t, a.Data)
 		if ferr := flushPendingNeighbours(l); ferr != nil {
 			err = errors.Join(err, ferr)
