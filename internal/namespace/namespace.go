@@ -67,7 +67,7 @@ func Do(path string, fn func() error) error {
 	if err != nil {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}
-	defer target.Close()
+	defer func() { _ = target.Close() }()
 
 	errc := make(chan error, 1)
 	go func() {
@@ -77,7 +77,7 @@ func Do(path string, fn func() error) error {
 			errc <- fmt.Errorf("open current network namespace: %w", err)
 			return // thread stays locked and is discarded
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		if err := netns.Set(target); err != nil {
 			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
 			runtime.UnlockOSThread()
@@ -112,7 +112,7 @@ func Create(name string) error {
 			errc <- err
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		h, err := netns.NewNamed(name)
 		if err != nil {
 			_ = netns.Set(orig)
@@ -120,7 +120,7 @@ func Create(name string) error {
 			errc <- fmt.Errorf("create network namespace %s: %w", name, err)
 			return
 		}
-		h.Close()
+		_ = h.Close()
 		if err := netns.Set(orig); err != nil {
 			errc <- fmt.Errorf("return from new network namespace %s: %w", name, err)
 			return // thread stays locked and is discarded
