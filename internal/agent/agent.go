@@ -139,6 +139,9 @@ func (a *Agent) consider(ctx context.Context, cm *corev1.ConfigMap) {
 // Serve analyses the node for req and writes the result, finishing before
 // the request's deadline (what is not done by then is reported as such).
 func (a *Agent) Serve(ctx context.Context, req *Request) error {
+	if req.Tool != nil {
+		return a.serveTool(ctx, req)
+	}
 	// Leave the CLI time to read the result before it gives up.
 	dl := req.Deadline.Add(-500 * time.Millisecond)
 	wctx, cancel := context.WithDeadline(ctx, dl)

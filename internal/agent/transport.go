@@ -61,6 +61,9 @@ type Request struct {
 	Hints Hints `json:"hints"`
 	// Probe is the probe plan's input (nil: no probes).
 	Probe *cluster.ProbeSpec `json:"probe,omitempty"`
+	// Tool, when set, asks for one tool run instead of the analysis
+	// (tools.go); Checks is then just CheckTool.
+	Tool *ToolRequest `json:"tool,omitempty"`
 }
 
 // Hints are the cluster facts an agent's node rules need.
