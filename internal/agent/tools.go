@@ -117,7 +117,7 @@ type ToolResult struct {
 	// Error says why the tool could not run (bad target, pod not found,
 	// program missing); the tool's own failures (timeouts, loss, a non-zero
 	// exit) are in its result.
-	Error  string        `json:"error,omitempty"`
+	Error  string         `json:"error,omitempty"`
 	Tcping *tcping.Result `json:"tcping,omitempty"`
 	Trace  *mtr.Report    `json:"trace,omitempty"`
 	Exec   *ExecResult    `json:"exec,omitempty"`
