@@ -24,9 +24,12 @@ import (
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 
+	"github.com/netdoctor/netdoctor/internal/agent"
 	"github.com/netdoctor/netdoctor/internal/capture"
 	"github.com/netdoctor/netdoctor/internal/cri"
+	"github.com/netdoctor/netdoctor/internal/install"
 	"github.com/netdoctor/netdoctor/internal/mtr"
 	"github.com/netdoctor/netdoctor/internal/namespace"
 	"github.com/netdoctor/netdoctor/internal/tcping"
@@ -39,9 +42,10 @@ func init() {
 	Register(newExecCommand)
 }
 
-// errNeedsAgent is the answer to --node until the cluster agent exists.
+// errNeedsAgent is capture's answer to --node (tcping, trace and exec run
+// through the agent: toolagent.go).
 func errNeedsAgent() error {
-	return UsageError("--node needs the agent: not available yet (run netdoctor on that node, with --netns, --pid or --pod)")
+	return UsageError("capture --node: capturing through the agent is not available yet (run netdoctor capture on that node, with --iface, --netns or --pod)")
 }
 
 // toolWhere is where a tool runs: one network namespace given by name or
@@ -52,6 +56,9 @@ type toolWhere struct {
 	pod         string
 	node        string
 	criEndpoint string
+	// --node: the cluster's kubectl flags and the temporary agent's image.
+	kube  *genericclioptions.ConfigFlags
+	image string
 }
 
 func (w *toolWhere) addFlags(cmd *cobra.Command) {
@@ -59,14 +66,17 @@ func (w *toolWhere) addFlags(cmd *cobra.Command) {
 	f.StringVar(&w.netns, "netns", "", "run in this network namespace (name under /var/run/netns or a path)")
 	f.IntVar(&w.pid, "pid", 0, "run in the network namespace of this process")
 	f.StringVar(&w.pod, "pod", "", "run in the network namespace of this pod (NAMESPACE/NAME), found through this node's container runtime")
-	f.StringVar(&w.node, "node", "", "run on this node (needs the agent: not available yet)")
+	f.StringVar(&w.node, "node", "", "run on this node of the cluster, through its netdoctor agent (with --pod: in that pod, which must run there)")
 	f.StringVar(&w.criEndpoint, "cri-endpoint", "", "CRI runtime socket (default: "+strings.Join(cri.DefaultEndpoints, ", ")+")")
+	f.StringVar(&w.image, "image", install.DefaultImg, "--node: image of the temporary agent, when none is installed")
+	w.kube = newToolKubeFlags()
+	w.kube.AddFlags(f)
 }
 
 // resolve returns the namespace path ("" = here) and a label for reports.
 func (w *toolWhere) resolve(cmd *cobra.Command) (path, label string, err error) {
 	if w.node != "" {
-		return "", "", errNeedsAgent()
+		return "", "", UsageError("--node runs through the agent, not here")
 	}
 	n := 0
 	for _, set := range []bool{w.netns != "", w.pid != 0, w.pod != ""} {
@@ -160,11 +170,7 @@ Without -c it runs until Ctrl-C. Exit code 1 when any attempt failed.`,
 			if count < 0 || interval <= 0 || timeout <= 0 {
 				return UsageError("-c must be >= 0, -i and -t positive")
 			}
-			path, label, err := where.resolve(cmd)
-			if err != nil {
-				return err
-			}
-			opts := tcping.Options{Target: args[0], Count: count, Interval: interval, Timeout: timeout, Netns: path}
+			opts := tcping.Options{Target: args[0], Count: count, Interval: interval, Timeout: timeout}
 			switch {
 			case udp && dnsName != "":
 				return UsageError("give --udp or --dns, not both")
@@ -185,18 +191,45 @@ Without -c it runs until Ctrl-C. Exit code 1 when any attempt failed.`,
 			}
 			out := cmd.OutOrStdout()
 			text := Globals.Output == "text"
-			if text {
-				fmt.Fprintf(out, "tcping %s (%s) from %s\n", args[0], modeName(opts.Mode), orHere(label))
-			}
-			res, err := tcping.Run(cmd.Context(), opts, func(a tcping.Attempt) {
-				if text {
-					fmt.Fprintln(out, attemptLine(args[0], a))
+			var res *tcping.Result
+			if where.node != "" {
+				if count == 0 {
+					return UsageError("--node: give -c N (the agent answers once, when the attempts are done)")
 				}
-			})
-			if err != nil {
-				return UsageError("tcping %s: %v", args[0], err)
+				spec := &agent.TcpingSpec{Target: opts.Target, Mode: string(opts.Mode), Count: count, Interval: interval, Timeout: timeout,
+					Payload: opts.Payload, Expect: opts.Expect, DNSName: opts.DNSName, DNSType: opts.DNSType}
+				tr, err := runOnNode(cmd, &where, &agent.ToolRequest{Tool: agent.ToolTcping, Tcping: spec}, time.Duration(count)*interval+timeout)
+				if err != nil {
+					return err
+				}
+				if res = tr.Tcping; res == nil {
+					return UsageError("%s: the agent returned no tcping result", tr.Where)
+				}
+				if text {
+					fmt.Fprintf(out, "tcping %s (%s) from %s\n", args[0], modeName(opts.Mode), res.Netns)
+					for _, a := range res.Attempts {
+						fmt.Fprintln(out, attemptLine(args[0], a))
+					}
+				}
+			} else {
+				path, label, err := where.resolve(cmd)
+				if err != nil {
+					return err
+				}
+				opts.Netns = path
+				if text {
+					fmt.Fprintf(out, "tcping %s (%s) from %s\n", args[0], modeName(opts.Mode), orHere(label))
+				}
+				res, err = tcping.Run(cmd.Context(), opts, func(a tcping.Attempt) {
+					if text {
+						fmt.Fprintln(out, attemptLine(args[0], a))
+					}
+				})
+				if err != nil {
+					return UsageError("tcping %s: %v", args[0], err)
+				}
+				res.Netns = label
 			}
-			res.Netns = label
 			if text {
 				printTcpingSummary(out, res)
 			} else if err := writeJSON(out, res); err != nil {
@@ -320,12 +353,24 @@ Exit code 1 when the destination is not reached or real loss remains.`,
 			if size != 0 && (size < 28 || size > 65000) {
 				return UsageError("-s %d: packet size is 28..65000 bytes", size)
 			}
+			out := cmd.OutOrStdout()
+			if where.node != "" {
+				spec := &agent.TraceSpec{Target: opts.Target, Protocol: string(opts.Protocol), Port: opts.Port, Count: count,
+					Interval: interval, Timeout: timeout, MaxHops: maxHops, Size: size, Resolve: !numeric}
+				tr, err := runOnNode(cmd, &where, &agent.ToolRequest{Tool: agent.ToolTrace, Trace: spec}, time.Duration(count)*interval+timeout)
+				if err != nil {
+					return err
+				}
+				if tr.Trace == nil {
+					return UsageError("%s: the agent returned no trace result", tr.Where)
+				}
+				return printTrace(out, tr.Trace, numeric, 0)
+			}
 			path, _, err := where.resolve(cmd)
 			if err != nil {
 				return err
 			}
 			opts.Netns = path
-			out := cmd.OutOrStdout()
 			live := Globals.Output == "text" && !report && isTerminal(out)
 			lines := 0
 			var onRound func(*mtr.Report)
@@ -343,21 +388,7 @@ Exit code 1 when the destination is not reached or real loss remains.`,
 			if err != nil {
 				return UsageError("trace %s: %v", args[0], err)
 			}
-			if Globals.Output == "json" {
-				if err := writeJSON(out, rep); err != nil {
-					return err
-				}
-			} else {
-				if lines > 0 {
-					fmt.Fprintf(out, "\x1b[%dA\x1b[J", lines)
-				}
-				_, _ = fmt.Fprint(out, rep.Text(!numeric))
-			}
-			last := rep.Hops
-			if !rep.Reached || (len(last) > 0 && last[len(last)-1].Loss > 0) {
-				return FindingsExit()
-			}
-			return nil
+			return printTrace(out, rep, numeric, lines)
 		},
 	}
 	where.addFlags(cmd)
@@ -373,6 +404,26 @@ Exit code 1 when the destination is not reached or real loss remains.`,
 	f.DurationVarP(&interval, "interval", "i", time.Second, "time between rounds")
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "a probe unanswered this long is lost")
 	return cmd
+}
+
+// printTrace prints the final report (after a live table of lines lines,
+// cleared first) and returns the exit status it calls for.
+func printTrace(out io.Writer, rep *mtr.Report, numeric bool, lines int) error {
+	if Globals.Output == "json" {
+		if err := writeJSON(out, rep); err != nil {
+			return err
+		}
+	} else {
+		if lines > 0 {
+			fmt.Fprintf(out, "\x1b[%dA\x1b[J", lines)
+		}
+		_, _ = fmt.Fprint(out, rep.Text(!numeric))
+	}
+	last := rep.Hops
+	if !rep.Reached || (len(last) > 0 && last[len(last)-1].Loss > 0) {
+		return FindingsExit()
+	}
+	return nil
 }
 
 // ---- capture ----
@@ -531,7 +582,7 @@ nodes), and for every flow the points where it was and was not seen.`,
 	f.StringArrayVar(&netnses, "netns", nil, "namespace for --iface DEV (one), or a point with --iface's device (repeatable)")
 	f.IntSliceVar(&pids, "pid", nil, "like --netns, the namespace of this process")
 	f.StringArrayVar(&pods, "pod", nil, "capture point: NS/NAME[:DEV] through the CRI runtime (repeatable)")
-	f.StringArrayVar(&nodes, "node", nil, "capture on another node (needs the agent: not available yet)")
+	f.StringArrayVar(&nodes, "node", nil, "capture on another node (through the agent: not available yet)")
 	f.StringVar(&criEndpoint, "cri-endpoint", "", "CRI runtime socket")
 	f.StringVarP(&file, "write", "w", "", "write a pcapng file")
 	f.IntVarP(&count, "count", "c", 0, "stop after N packets in all (0: no bound)")
@@ -671,21 +722,33 @@ func printAnalysis(w io.Writer, an *capture.Analysis) error {
 
 func newExecCommand() *cobra.Command {
 	var where toolWhere
+	var timeout time.Duration
+	var maxOutput int
 	cmd := &cobra.Command{
-		Use:   "exec (--pod NS/NAME | --netns N | --pid P) -- CMD [ARGS...]",
+		Use:   "exec (--pod NS/NAME | --netns N | --pid P | --node NODE [--pod NS/NAME]) -- CMD [ARGS...]",
 		Short: "Run a command in a pod's (or any) network namespace (nsenter -n), interactively",
 		Long: `exec runs CMD with ARGS (no shell) with its network namespace switched to the pod's
 (found through this node's container runtime), a named or path namespace, or a
 process's. The rest of the process (files, users, mount namespace) is this
 machine's, as with nsenter -t PID -n: the node's tools see the pod's network.
-stdin, stdout and stderr are attached; the exit code is the command's.`,
+stdin, stdout and stderr are attached; the exit code is the command's.
+
+With --node the netdoctor agent on that node runs it (in the node's network
+namespace, or with --pod in that pod's, found through the node's container
+runtime), not interactively: stdin is empty, the command is killed after
+--timeout (exit 124, as timeout(1)), at most --max-output bytes of each of
+stdout and stderr come back. They are printed as they came; the exit code is
+the command's. -o json prints the whole result instead.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 0 {
 				return UsageError("put the command after --: netdoctor exec --pod NS/NAME -- CMD ARGS...")
 			}
 			if where.netns == "" && where.pid == 0 && where.pod == "" && where.node == "" {
-				return UsageError("exec needs --pod, --netns or --pid")
+				return UsageError("exec needs --pod, --netns, --pid or --node")
+			}
+			if where.node != "" {
+				return execOnNode(cmd, &where, args, timeout, maxOutput)
 			}
 			path, _, err := where.resolve(cmd)
 			if err != nil {
@@ -718,6 +781,8 @@ stdin, stdout and stderr are attached; the exit code is the command's.`,
 		},
 	}
 	where.addFlags(cmd)
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "--node: kill the command after this long")
+	cmd.Flags().IntVar(&maxOutput, "max-output", agent.DefaultExecOutput, "--node: bytes of stdout and of stderr kept")
 	cmd.Flags().SetInterspersed(false)
 	return cmd
 }
