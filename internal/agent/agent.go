@@ -239,28 +239,70 @@ func healthCheck(ctx context.Context, netns, url string) cluster.HealthCheck {
 }
 
 // serviceRules lists the API's Services and EndpointSlices (what the node
-// must serve) and fingerprints the node's Service NAT against them.
+// must serve) and fingerprints the node's Service NAT against them. A
+// difference is read again after kube-proxy's sync period: an EndpointSlice
+// that changed a moment ago (a pod just started) is not yet in the rules,
+// and that lag is not a fault.
 func (a *Agent) serviceRules(ctx context.Context, snap *facts.NodeSnapshot, res *cluster.AgentResult) {
+	for attempt := 0; ; attempt++ {
+		mode, rules, differs, err := a.fingerprint(ctx, snap)
+		if err != nil {
+			res.ServiceRulesError = err.Error()
+			return
+		}
+		res.ServiceRulesMode, res.ServiceRules = mode, rules
+		if !differs || attempt == 1 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(kubeProxySyncWait):
+		}
+		again, err := collect.Collect(ctx, collect.Options{Netns: a.Netns, NodeName: a.Node, ProcRoot: a.ProcRoot, Sections: []string{collect.SectionNetfilter, collect.SectionIPVS}})
+		if err != nil {
+			return
+		}
+		snap = again
+	}
+}
+
+// kubeProxySyncWait is how long a difference is given to settle: more than
+// kube-proxy's default minSyncPeriod (1 s).
+const kubeProxySyncWait = 2 * time.Second
+
+// fingerprint reads the Service NAT of snap and the API's view, and says
+// whether they differ anywhere.
+func (a *Agent) fingerprint(ctx context.Context, snap *facts.NodeSnapshot) (string, []cluster.ServiceRule, bool, error) {
 	mode, nat, err := ExtractServiceNAT(snap)
 	if err != nil {
-		res.ServiceRulesError = err.Error()
-		return
+		return "", nil, false, err
 	}
-	res.ServiceRulesMode = mode
-	mini := &cluster.Snapshot{}
 	svcs, err := a.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		res.ServiceRulesError = "list services: " + err.Error()
-		return
+		return "", nil, false, fmt.Errorf("list services: %w", err)
 	}
 	slices, err := a.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		res.ServiceRulesError = "list endpointslices: " + err.Error()
-		return
+		return "", nil, false, fmt.Errorf("list endpointslices: %w", err)
 	}
-	full := cluster.FromLists(svcs, slices)
-	mini.Services, mini.EndpointSlices = full.Services, full.EndpointSlices
-	res.ServiceRules = ServiceFingerprints(nat, mini.Services, cluster.ExpectedServiceRules(mini))
+	api := cluster.FromLists(svcs, slices)
+	expected := cluster.ExpectedServiceRules(api)
+	rules := ServiceFingerprints(nat, api.Services, expected)
+	have := map[string]bool{}
+	differs := false
+	for _, r := range rules {
+		have[r.Key()] = true
+		if len(r.Targets) > 0 {
+			differs = true
+		}
+	}
+	for _, e := range expected {
+		if !have[e.Key()] {
+			differs = true
+		}
+	}
+	return mode, rules, differs, nil
 }
 
 // probe runs this node's probes; pod-netns probes run in the netns of the
