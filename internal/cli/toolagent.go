@@ -15,11 +15,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
+	"github.com/netdoctor/netdoctor/internal/cluster"
 	"github.com/netdoctor/netdoctor/internal/cri"
 	"github.com/netdoctor/netdoctor/internal/install"
 )
@@ -118,6 +121,8 @@ func runOnNode(cmd *cobra.Command, w *toolWhere, tool *agent.ToolRequest, run ti
 			return nil, &ExitCodeError{Code: ExitError, Err: fmt.Errorf("deploy the temporary agent: %w", err)}
 		}
 		wait += temporaryAgentStart
+	} else if !agentPodRunning(ctx, cs, w.node) {
+		_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "warning: no running netdoctor agent pod on node %s; waiting up to %s for an answer\n", w.node, wait.Round(time.Second))
 	}
 	req := &agent.Request{ID: agent.NewID(), Nodes: []string{w.node}, Checks: []string{agent.CheckTool},
 		Deadline: time.Now().Add(wait), Tool: tool}
@@ -197,4 +202,20 @@ func execOnNode(cmd *cobra.Command, w *toolWhere, args []string, timeout time.Du
 		return &ExitCodeError{Code: r.ExitCode}
 	}
 	return nil
+}
+
+// agentPodRunning says whether the agent DaemonSet has a running pod on
+// node (true when that cannot be read: the wait decides then).
+func agentPodRunning(ctx context.Context, cs kubernetes.Interface, node string) bool {
+	l, err := cs.CoreV1().Pods(install.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: cluster.LabelAppName + "=" + install.AgentName, FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return true
+	}
+	for _, p := range l.Items {
+		if p.Status.Phase == corev1.PodRunning {
+			return true
+		}
+	}
+	return false
 }
