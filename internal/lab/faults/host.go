@@ -24,14 +24,15 @@ const ExtPingNode ProbeKind = "ext-ping-node"
 // root network namespace (read-only inside a node's namespace on this kernel), and the lab
 // never changes the root namespace's sysctls; filling the shared table would hit the host too.
 
-// overlay-source-mismatch is not in the registry either: a second address on the node's
-// uplink made the tunnel source (tried: `ip addr add UNDERLAY.212/24 dev eth0; ip link set
+// overlay-source-mismatch (tunnel.go) needs more than a second address: a second address on
+// the node's uplink made the tunnel source (tried: `ip addr add UNDERLAY.212/24 dev eth0; ip link set
 // flannel.1 type vxlan local UNDERLAY.212`) breaks nothing on this datapath. Like flanneld's,
 // the lab's flannel.1 devices are nolearning with static FDB entries, so a peer decapsulates
 // VXLAN from any source and sends its replies to the node's advertised address, which stays
 // on the uplink; cross-node pod traffic kept working both ways. Breaking it needs something
 // beyond the node (peers that learn or filter VXLAN by source, or an address conflict on the
-// underlay), which is not this fault.
+// underlay): tunnel.go injects it as the seed saw it (the address published as the node's
+// flannel public IP, and held by the external host too, which wins ARP).
 
 func init() {
 	Register(Fault{

@@ -92,7 +92,8 @@ func TestMoreCatalog(t *testing.T) {
 		"service-no-endpoints": "service", "endpoint-not-listening": "service", "service-rules-missing": "service",
 		"kube-proxy-not-running": "kube-proxy", "kube-proxy-not-critical": "kube-proxy",
 		"kube-proxy-cluster-cidr-missing": "kube-proxy", "kube-proxy-cluster-cidr-wrong": "kube-proxy",
-		"node-pod-cidr-missing": "cidr",
+		"node-pod-cidr-missing":   "cidr",
+		"overlay-source-mismatch": "host", "dns-resolution-failed": "dns",
 	}
 	for id, g := range groups {
 		f, ok := Get(id)
@@ -100,9 +101,8 @@ func TestMoreCatalog(t *testing.T) {
 			t.Errorf("fault %s: registered %v in group %q, want group %q", id, ok, f.Group, g)
 		}
 	}
-	// Not injectable on one machine without touching the root namespace or beyond the node:
-	// see host.go.
-	for _, id := range []string{"conntrack-table-full", "overlay-source-mismatch"} {
+	// Not injectable on one machine without touching the root namespace: see host.go.
+	for _, id := range []string{"conntrack-table-full"} {
 		if _, ok := Get(id); ok {
 			t.Errorf("fault %s is registered, but host.go says it cannot be injected here", id)
 		}

@@ -134,7 +134,7 @@ func (p *Prober) probeMore(ctx context.Context, kind ProbeKind, src, dst PodRef,
 	case NodeGetsPodCIDR:
 		return probeNewNodeCIDR(ctx, p.L)
 	}
-	return fmt.Errorf("unknown probe kind %q", kind)
+	return p.probeExtra(ctx, kind, src, dst) // more kinds: dns_more.go
 }
 
 // programmedService is LocalService, waiting further until kube-proxy on fromNode sends the
