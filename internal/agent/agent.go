@@ -93,6 +93,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.mu.Lock()
 				delete(a.done, cm.Labels[LabelRequest])
 				a.mu.Unlock()
+				a.requestDeleted(cm.Labels[LabelRequest]) // tools.go: stop its tool run
 			}
 		}
 		w.Stop()

@@ -123,12 +123,43 @@ type ToolResult struct {
 	Exec   *ExecResult    `json:"exec,omitempty"`
 }
 
-// serveTool runs req's tool and writes its result (the hook of Serve).
+// errRequestDeleted cancels a tool run whose request the CLI deleted
+// (Ctrl-C): nothing waits for its result any more.
+var errRequestDeleted = errors.New("request deleted")
+
+// toolRunKey names a running tool: the agent and the request.
+type toolRunKey struct {
+	a  *Agent
+	id string
+}
+
+// toolRuns holds the cancel function of every running tool.
+var toolRuns sync.Map // toolRunKey -> context.CancelCauseFunc
+
+// requestDeleted stops the tool run of request id, if one runs (the hook
+// of Run's watch).
+func (a *Agent) requestDeleted(id string) {
+	if c, ok := toolRuns.Load(toolRunKey{a, id}); ok {
+		c.(context.CancelCauseFunc)(errRequestDeleted)
+	}
+}
+
+// serveTool runs req's tool and writes its result (the hook of Serve). A
+// run whose request is deleted meanwhile is stopped (an exec's process
+// group killed) and writes nothing.
 func (a *Agent) serveTool(ctx context.Context, req *Request) error {
 	dl := req.Deadline.Add(-500 * time.Millisecond)
-	wctx, cancel := context.WithDeadline(ctx, dl)
+	cctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	key := toolRunKey{a, req.ID}
+	toolRuns.Store(key, stop)
+	defer toolRuns.Delete(key)
+	wctx, cancel := context.WithDeadline(cctx, dl)
 	defer cancel()
 	res := a.RunTool(wctx, req.Tool)
+	if errors.Is(context.Cause(cctx), errRequestDeleted) {
+		return nil
+	}
 	res.Request, res.Node = req.ID, a.Node
 	wctx2, cancel2 := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel2()

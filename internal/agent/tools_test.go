@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -268,6 +270,45 @@ func TestToolsThroughAgent(t *testing.T) {
 			t.Errorf("exit %d, want 2 and no answer: %s", code, errOut)
 		}
 		t.Logf("no agent: exit %d after %s", code, took)
+	})
+	t.Run("ctrl-c deletes the request and stops the run", func(t *testing.T) {
+		c := exec.Command(needBinary(t), "exec", "--kubeconfig", kc, "--node", "tool-1", "--timeout", "60s", "--", "sleep", "60")
+		var errb strings.Builder
+		c.Stderr = &errb
+		if err := namespace.Do(testutil.Path(apiServer.netns), c.Start); err != nil {
+			t.Fatal(err)
+		}
+		running := func() int {
+			n := 0
+			toolRuns.Range(func(k, _ any) bool {
+				if k.(toolRunKey).a == a {
+					n++
+				}
+				return true
+			})
+			return n
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for running() == 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if running() == 0 {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+			t.Fatalf("the agent never started the run: %s", errb.String())
+		}
+		start := time.Now()
+		_ = c.Process.Signal(syscall.SIGINT)
+		err := c.Wait()
+		if c.ProcessState.ExitCode() != 2 || !strings.Contains(errb.String(), "interrupted") {
+			t.Errorf("after Ctrl-C: %v, stderr %s", err, errb.String())
+		}
+		for running() != 0 && time.Since(start) < 5*time.Second {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if running() != 0 {
+			t.Errorf("the agent's run (sleep 60) still going %s after Ctrl-C", time.Since(start))
+		}
 	})
 	// Every request and result is gone.
 	l, err := apiServer.admin.CoreV1().ConfigMaps(install.Namespace).List(context.Background(), metav1.ListOptions{LabelSelector: LabelRequest})
