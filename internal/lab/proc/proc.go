@@ -243,7 +243,9 @@ func pidfd(info *Info) (fd int, gone bool, err error) {
 	}
 	fd, err = unix.PidfdOpen(info.PID, 0)
 	if err != nil {
-		if errors.Is(err, unix.ESRCH) {
+		// ESRCH: no such process; ENOENT: seen for a PID that exited while
+		// its pidfd was being opened. Either way there is nothing to stop.
+		if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
 			return -1, true, nil
 		}
 		return -1, false, fmt.Errorf("open pidfd of %s (pid %d): %w", info.Name, info.PID, err)
