@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -202,6 +203,7 @@ func runRPFilter(in *Input) Result {
 			}
 		}
 	}
+	why = append(why, splitReturnPaths(t, uplinks)...)
 	// Interfaces where strict mode would bite: uplinks and the overlay.
 	ifaces := append([]*facts.Link(nil), uplinks...)
 	if t.Overlay != nil {
@@ -235,6 +237,62 @@ func runRPFilter(in *Input) Result {
 		Remediation: "use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 and net.ipv4.conf.<iface>.rp_filter=2 for the interfaces above (the effective value is the maximum of all and the interface), persist in /etc/sysctl.d/; " +
 			"verify: `nstat -az TcpExtIPReversePathFilter` stops rising and cross-node pod traffic flows both ways",
 	}}}
+}
+
+// splitReturnPaths finds the routes that make traffic asymmetric on a node with one
+// addressed uplink: a route out of another (unaddressed) host interface to a destination
+// that also lies on an uplink's network or behind a route out of that uplink. Packets from
+// that destination arrive on the uplink, the route back leaves by the other interface, and
+// strict reverse-path filtering on the uplink drops them.
+func splitReturnPaths(t *Topology, uplinks []*facts.Link) []string {
+	var out []string
+	for _, r := range t.Main {
+		if r.Family == 6 || r.Dst == "default" || r.Link == "" || (r.Type != "" && r.Type != "unicast") {
+			continue
+		}
+		l := t.Links[r.Link]
+		if l == nil || !l.Up || l.Name == "lo" || l.Name == "docker0" || t.IsCNILink(l.Name) {
+			continue
+		}
+		dst, err := ParsePrefixOrAddr(r.Dst)
+		if err != nil || !dst.Addr().Is4() {
+			continue
+		}
+		for _, u := range uplinks {
+			if u.Name == r.Link {
+				continue
+			}
+			if via, ok := coveringRoute(t, dst, u.Name); ok {
+				out = append(out, fmt.Sprintf("route %q leaves by %s, but %s is also reached by %s (%s): its packets arrive on %s, their reverse path is %s",
+					FormatRoute(r), r.Link, r.Dst, u.Name, via, u.Name, r.Link))
+				break
+			}
+		}
+	}
+	return out
+}
+
+// coveringRoute returns a main-table IPv4 route out of link whose destination contains dst
+// and is shorter than it (the network dst is part of on that link; the longest such),
+// formatted.
+func coveringRoute(t *Topology, dst netip.Prefix, link string) (string, bool) {
+	best, bits := "", -1
+	for _, r := range t.Main {
+		if r.Family == 6 || r.Link != link || (r.Type != "" && r.Type != "unicast") {
+			continue
+		}
+		p := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if r.Dst != "default" {
+			var err error
+			if p, err = ParsePrefixOrAddr(r.Dst); err != nil || !p.Addr().Is4() {
+				continue
+			}
+		}
+		if p.Bits() < dst.Bits() && p.Contains(dst.Addr()) && p.Bits() > bits {
+			best, bits = FormatRoute(r), p.Bits()
+		}
+	}
+	return best, bits >= 0
 }
 
 func orStr(s, def string) string {
