@@ -738,7 +738,8 @@ namespace, or with --pod in that pod's, found through the node's container
 runtime), not interactively: stdin is empty, the command is killed after
 --timeout (exit 124, as timeout(1)), at most --max-output bytes of each of
 stdout and stderr come back. They are printed as they came; the exit code is
-the command's. -o json prints the whole result instead.`,
+the command's. -o json prints the whole result instead (stdout and stderr
+base64-encoded, as they may be any bytes).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 0 {
