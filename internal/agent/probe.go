@@ -69,7 +69,7 @@ func runProbe(ctx context.Context, p cluster.Probe, ns string) cluster.ProbeResu
 	switch p.Kind {
 	case cluster.KindPodTCP, cluster.KindClusterIP, cluster.KindEndpoint:
 		return tcpProbe(ctx, p.Target, ns)
-	case cluster.KindDNSShort, cluster.KindDNSNS, cluster.KindDNSFQDN, cluster.KindDNSExternal:
+	case cluster.KindDNSShort, cluster.KindDNSNS, cluster.KindDNSFQDN, cluster.KindDNSExternal, cluster.KindDNSUpstream:
 		return dnsProbe(p, ns)
 	case cluster.KindPodICMP:
 		return icmpProbe(p.Target, 0, false, ns)
@@ -110,7 +110,11 @@ func dnsProbe(p cluster.Probe, ns string) cluster.ProbeResult {
 		c := &dns.Client{Net: "udp", Timeout: ProbeTimeout, Dialer: &net.Dialer{Timeout: ProbeTimeout, Control: namespace.Control(ns)}}
 		m := new(dns.Msg)
 		m.SetQuestion(dns.Fqdn(p.Target), dns.TypeA)
-		resp, rtt, err := c.Exchange(m, net.JoinHostPort(p.Server, "53"))
+		server := net.JoinHostPort(p.Server, "53")
+		if ap, err := netip.ParseAddrPort(p.Server); err == nil {
+			server = ap.String()
+		}
+		resp, rtt, err := c.Exchange(m, server)
 		if err != nil {
 			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: fmt.Sprintf("query %s at %s: %v", p.Target, p.Server, err)}
 			return nil
@@ -130,6 +134,9 @@ func dnsProbe(p cluster.Probe, ns string) cluster.ProbeResult {
 			r = cluster.ProbeResult{Status: cluster.ProbeFail, Detail: fmt.Sprintf("%s at %s: answered %v, want %s", p.Target, p.Server, got, p.Expect)}
 		default:
 			r = cluster.ProbeResult{Status: cluster.ProbeOK, RTTms: float64(rtt.Microseconds()) / 1000}
+			if p.Kind == cluster.KindDNSUpstream {
+				r.Detail = fmt.Sprintf("%s at %s: %v", p.Target, p.Server, got)
+			}
 		}
 		return nil
 	})

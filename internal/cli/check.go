@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -39,6 +40,7 @@ type checkOptions struct {
 	peers        int
 	seed         int64
 	externalName string
+	upstreams    []string
 }
 
 func newCheckCommand() *cobra.Command {
@@ -62,6 +64,13 @@ do its job (bad input, API server unreachable).`,
 			if err := CheckOutput(); err != nil {
 				return err
 			}
+			for _, u := range o.upstreams {
+				if _, err := netip.ParseAddr(u); err != nil {
+					if _, err := netip.ParseAddrPort(u); err != nil {
+						return UsageError("--upstream %q: not an IP address or IP:port", u)
+					}
+				}
+			}
 			return runCheck(cmd, o)
 		},
 	}
@@ -74,6 +83,7 @@ do its job (bad input, API server unreachable).`,
 	f.IntVar(&o.peers, "peers", cluster.DefaultPeers, "peers each node probes (k); the matrix costs N·k probes")
 	f.Int64Var(&o.seed, "seed", time.Now().Unix()/600, "rotation of the probed peers (default changes every 10 minutes)")
 	f.StringVar(&o.externalName, "external-name", "", "a name outside the cluster for the dns-external probe (skipped when empty)")
+	f.StringSliceVar(&o.upstreams, "upstream", nil, "DNS server(s) (IP or IP:port) that should answer --external-name; the agents ask them directly, beside the Corefile's forward targets (dns-upstream-failed)")
 	return cmd
 }
 
@@ -153,7 +163,7 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 				return UsageError("interrupted")
 			}
 		}
-		spec = cluster.BuildSpec(snap, cluster.SpecOptions{K: o.peers, Seed: o.seed, ExternalName: o.externalName, Nodes: nodes})
+		spec = cluster.BuildSpec(snap, cluster.SpecOptions{K: o.peers, Seed: o.seed, ExternalName: o.externalName, Upstreams: o.upstreams, Nodes: nodes})
 		req := &agent.Request{ID: agent.NewID(), Nodes: nodes, Deadline: time.Now().Add(o.timeout), Hints: hintsOf(snap), Probe: spec}
 		if err := agent.WriteRequest(ctx, cs, install.Namespace, req); err != nil {
 			return &ExitCodeError{Code: ExitError, Err: err}

@@ -22,6 +22,10 @@ const (
 	// (TCP connect to pod IP:targetPort); not a matrix column, feeds
 	// endpoint-not-listening.
 	KindEndpoint = "endpoint"
+	// KindDNSUpstream asks an upstream DNS server (a target of the Corefile's
+	// forward line, or one the operator names) for the external name
+	// directly from the node; not a matrix column, feeds dns-upstream-failed.
+	KindDNSUpstream = "dns-upstream"
 )
 
 // Columns is the order of the matrix columns.
@@ -47,6 +51,14 @@ type ProbeSpec struct {
 	ClusterName string       `json:"clusterName,omitempty"` // ns/name of that Service
 	DNSServer   string       `json:"dnsServer,omitempty"`   // cluster DNS Service IP
 	DNS         []DNSQuery   `json:"dns,omitempty"`
+	// Upstreams are the DNS servers CoreDNS forwards external names to
+	// (the Corefile's "forward ." targets, ip or ip:port); UpstreamRefs are
+	// servers the operator says should answer them (--upstream). The agents
+	// ask both for the external name directly, from the host netns.
+	Upstreams    []string `json:"upstreams,omitempty"`
+	UpstreamRefs []string `json:"upstreamRefs,omitempty"`
+	// UpstreamWhy says why no upstream is asked ("" = asked or not needed).
+	UpstreamWhy string `json:"upstreamWhy,omitempty"`
 	// PodMTU is the size of the DF probe packets; 0 = the MTU of the
 	// probing namespace's interface toward the target (the agent reads it).
 	PodMTU      int `json:"podMTU,omitempty"`
@@ -157,12 +169,34 @@ func Plan(spec *ProbeSpec, node string) []Probe {
 			add(Probe{Netns: ns, Kind: q.Kind, Target: q.Name, Server: spec.DNSServer, Expect: q.Expect})
 		}
 	}
+	for _, q := range spec.DNS {
+		if q.Kind != KindDNSExternal {
+			continue
+		}
+		for _, u := range UpstreamServers(spec) {
+			out = append(out, Probe{ID: "h:" + KindDNSUpstream + ":" + u, From: node, Netns: FromHost, Kind: KindDNSUpstream, Target: q.Name, Server: u})
+		}
+	}
 	for _, e := range spec.Endpoints {
 		if e.Node == node {
 			p := Probe{Netns: FromHost, Kind: KindEndpoint, Target: e.Addr, Peer: e.Service}
 			p.From = node
 			p.ID = "h:endpoint:" + e.Service + ":" + e.Addr
 			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// UpstreamServers returns the spec's upstreams and reference upstreams,
+// without duplicates, in that order.
+func UpstreamServers(spec *ProbeSpec) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, u := range append(append([]string{}, spec.Upstreams...), spec.UpstreamRefs...) {
+		if !seen[u] {
+			seen[u] = true
+			out = append(out, u)
 		}
 	}
 	return out
@@ -222,7 +256,7 @@ func BuildMatrix(spec *ProbeSpec, results map[string]*AgentResult, missing map[s
 		for _, ns := range []string{FromHost, FromPod} {
 			row := MatrixRow{Node: node, Netns: ns, Cells: map[string]Cell{}}
 			for _, p := range plan {
-				if p.Netns != ns || p.Kind == KindEndpoint {
+				if p.Netns != ns || p.Kind == KindEndpoint || p.Kind == KindDNSUpstream {
 					continue
 				}
 				c := row.Cells[p.Kind]

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 
@@ -25,6 +26,9 @@ type SpecOptions struct {
 	PodMTU       int    // DF probe size (0 = the agent reads the interface MTU)
 	OverlayPort  int    // 0 = 8472 when nodes carry flannel annotations
 	Nodes        []string
+	// Upstreams are DNS servers (ip or ip:port) that should answer the
+	// external name directly, asked beside the Corefile's forward targets.
+	Upstreams []string
 }
 
 // BuildSpec derives the probe plan's input from the cluster snapshot: one
@@ -92,6 +96,8 @@ func BuildSpec(s *Snapshot, o SpecOptions) *ProbeSpec {
 		if o.ExternalName != "" {
 			n := strings.TrimSuffix(o.ExternalName, ".") + "."
 			spec.DNS = append(spec.DNS, DNSQuery{Kind: KindDNSExternal, Shown: o.ExternalName, Name: n})
+			spec.Upstreams, spec.UpstreamWhy = CorefileUpstreams(s.ConfigMaps[KubeSystem+"/coredns"]["Corefile"])
+			spec.UpstreamRefs = o.Upstreams
 		}
 	}
 	spec.Endpoints = endpointTargets(s, want)
@@ -140,6 +146,48 @@ func targetOn(s *Snapshot, n Node) NodeTarget {
 		}
 	}
 	return t
+}
+
+// CorefileUpstreams returns the addresses of the root zone's "forward ."
+// line of a Corefile (ip or ip:port, "dns://" stripped), and why none is
+// returned: no such line, or it forwards to a resolv.conf file or over
+// TLS/HTTPS, which the agents do not ask (name a server with --upstream).
+func CorefileUpstreams(corefile string) ([]string, string) {
+	if strings.TrimSpace(corefile) == "" {
+		return nil, "no Corefile in configmap kube-system/coredns"
+	}
+	var out, other []string
+	found := false
+	for _, line := range strings.Split(corefile, "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] != "forward" || f[1] != "." {
+			continue
+		}
+		found = true
+		for _, to := range f[2:] {
+			if to == "{" {
+				break
+			}
+			to = strings.TrimPrefix(to, "dns://")
+			if ap, err := netip.ParseAddrPort(to); err == nil {
+				out = append(out, ap.String())
+			} else if a, err := netip.ParseAddr(to); err == nil {
+				out = append(out, a.String())
+			} else {
+				other = append(other, to)
+			}
+		}
+	}
+	switch {
+	case !found:
+		return nil, "the Corefile has no \"forward .\" line"
+	case len(out) == 0:
+		return nil, "the Corefile forwards to " + strings.Join(other, " ") + ", not to an address the agents can ask (name one with --upstream)"
+	}
+	return out, ""
 }
 
 // clusterDomain reads the cluster domain from CoreDNS's Corefile

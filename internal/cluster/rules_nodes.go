@@ -252,6 +252,16 @@ func ruleDNSResolutionFailed(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			cs = append(cs, r.check(n, finding.Pass, "failures explained by "+culprit))
 			continue
 		}
+		if onlyExternal(failing) && in.Spec != nil && len(UpstreamServers(in.Spec)) > 0 {
+			// Cluster names resolve: the upstream side, which
+			// dns-upstream-failed proves by asking the upstream directly.
+			f := r.finding(n, "node/"+n, "from "+n+", only external names fail; cluster names resolve: see dns-upstream-failed", ev,
+				"see the dns-upstream-failed finding (the upstream asked directly)")
+			f.Severity = finding.Info
+			fs = append(fs, f)
+			cs = append(cs, r.check(n, finding.Pass, "only external names fail: dns-upstream-failed"))
+			continue
+		}
 		others := oddDNSNodes(in.Matrix, n)
 		msg := "from " + n + ", " + strings.Join(failing, ", ") + " fail"
 		if len(passing) > 0 {
@@ -268,6 +278,17 @@ func ruleDNSResolutionFailed(in *Input, r *Rule) ([]finding.Finding, []finding.C
 		cs = append(cs, r.check(n, finding.Fail, ""))
 	}
 	return fs, cs
+}
+
+// onlyExternal is true when every failing DNS kind (as named in
+// dnsKindNames, with the netns) is the external one.
+func onlyExternal(failing []string) bool {
+	for _, f := range failing {
+		if !strings.HasPrefix(f, dnsKindNames[KindDNSExternal]+" (") {
+			return false
+		}
+	}
+	return len(failing) > 0
 }
 
 // oddDNSNodes says whether the other nodes resolve fine, e.g. "the other 2

@@ -34,6 +34,7 @@ var lab struct {
 	tmp        string
 	state      string // the lab's state root
 	up         bool
+	upstream   string // the lab's upstream DNS server (asked directly by dns-upstream-failed)
 }
 
 const labName = "cd"
@@ -104,6 +105,7 @@ func setup() {
 	}
 	lab.up = true
 	lab.kubeconfig = l.State.Kubeconfig
+	lab.upstream = cfg.DNSIP().String()
 }
 
 func teardown() {
@@ -165,7 +167,7 @@ type checkReport struct {
 func check(t *testing.T, args ...string) (*checkReport, int, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	out, errOut, code := run(3*time.Minute, append([]string{"check", "--kubeconfig", lab.kubeconfig, "-o", "json", "--external-name", "www.ext.ndlab.test"}, args...)...)
+	out, errOut, code := run(3*time.Minute, append([]string{"check", "--kubeconfig", lab.kubeconfig, "-o", "json", "--external-name", "www.ext.ndlab.test", "--upstream", lab.upstream}, args...)...)
 	took := time.Since(start)
 	var r checkReport
 	if code == 2 {
@@ -354,7 +356,7 @@ func hasFinding(r *checkReport, id string) bool {
 }
 
 // clusterWide are the faults of cluster objects: reported without a node.
-var clusterWide = map[string]bool{"dns-pods-unavailable": true, "service-no-endpoints": true, "kube-proxy-not-critical": true}
+var clusterWide = map[string]bool{"dns-pods-unavailable": true, "dns-upstream-failed": true, "service-no-endpoints": true, "kube-proxy-not-critical": true}
 
 func clusterRuleIDs() map[string]bool {
 	out := map[string]bool{}
