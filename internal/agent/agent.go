@@ -175,11 +175,16 @@ func Analyze(ctx context.Context, a *Agent, req *Request) *cluster.AgentResult {
 		snap = s
 	}
 	var probes []cluster.ProbeResult
+	var resolv []cluster.PodResolv
 	if req.Wants(CheckProbes) && req.Probe != nil {
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			probes = a.probe(ctx, req.Probe, res)
+		}()
+		go func() {
+			defer wg.Done()
+			resolv = a.podResolv(ctx, req.Probe)
 		}()
 	}
 	if snap != nil {
@@ -200,7 +205,7 @@ func Analyze(ctx context.Context, a *Agent, req *Request) *cluster.AgentResult {
 		res.Summary.KubeProxy.Healthz = a.healthz(ctx)
 	}
 	wg.Wait()
-	res.Probes = probes
+	res.Probes, res.PodResolv = probes, resolv
 	return res
 }
 

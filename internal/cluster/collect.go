@@ -273,7 +273,14 @@ func convertPod(p *corev1.Pod) Pod {
 	out := Pod{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName, Labels: p.Labels,
 		Phase: string(p.Status.Phase), Reason: p.Status.Reason, HostNetwork: p.Spec.HostNetwork,
 		PriorityClassName: p.Spec.PriorityClassName, Containers: convertContainers(p.Spec.Containers),
-		Deleting: p.DeletionTimestamp != nil}
+		Deleting: p.DeletionTimestamp != nil, UID: string(p.UID), DNSPolicy: string(p.Spec.DNSPolicy)}
+	if p.Spec.DNSConfig != nil {
+		for _, o := range p.Spec.DNSConfig.Options {
+			if o.Name == "ndots" && o.Value != nil {
+				out.NDots = *o.Value
+			}
+		}
+	}
 	for _, ip := range p.Status.PodIPs {
 		out.PodIPs = append(out.PodIPs, ip.IP)
 	}

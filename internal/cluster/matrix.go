@@ -57,6 +57,10 @@ type ProbeSpec struct {
 	// ask both for the external name directly, from the host netns.
 	Upstreams    []string `json:"upstreams,omitempty"`
 	UpstreamRefs []string `json:"upstreamRefs,omitempty"`
+	// ResolvPods are the pods whose resolv.conf the agents read, with the
+	// cluster domain they are checked against (pod-resolv-conf-wrong).
+	ResolvPods    []ResolvPod `json:"resolvPods,omitempty"`
+	ClusterDomain string      `json:"clusterDomain,omitempty"`
 	// UpstreamWhy says why no upstream is asked ("" = asked or not needed).
 	UpstreamWhy string `json:"upstreamWhy,omitempty"`
 	// PodMTU is the size of the DF probe packets; 0 = the MTU of the

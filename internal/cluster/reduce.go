@@ -101,6 +101,8 @@ func BuildSpec(s *Snapshot, o SpecOptions) *ProbeSpec {
 		}
 	}
 	spec.Endpoints = endpointTargets(s, want)
+	spec.ClusterDomain = domain
+	spec.ResolvPods = resolvPods(s, want)
 	return spec
 }
 

@@ -35,6 +35,8 @@ type AgentResult struct {
 	ServiceRulesMode  string        `json:"serviceRulesMode,omitempty"` // iptables, nftables, ipvs
 	ServiceRulesError string        `json:"serviceRulesError,omitempty"`
 	Probes            []ProbeResult `json:"probes,omitempty"`
+	// PodResolv are the verdicts on the node's pods' resolv.conf.
+	PodResolv []PodResolv `json:"podResolv,omitempty"`
 	// Errors lists sections the agent could not produce, with the reason.
 	Errors map[string]string `json:"errors,omitempty"`
 }

@@ -85,6 +85,12 @@ type Pod struct {
 	Waiting []string `json:"waiting,omitempty"`
 	// Deleting is true when the pod has a deletion timestamp.
 	Deleting bool `json:"deleting,omitempty"`
+	// UID is the pod's UID (to find its processes on the node).
+	UID string `json:"uid,omitempty"`
+	// DNSPolicy is spec.dnsPolicy ("" = ClusterFirst); NDots is the ndots
+	// option of spec.dnsConfig ("" = not set, kubelet writes 5).
+	DNSPolicy string `json:"dnsPolicy,omitempty"`
+	NDots     string `json:"ndots,omitempty"`
 }
 
 // Container is a container spec.
