@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"k8s.io/client-go/util/retry"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,12 +225,17 @@ func simNodes(t *testing.T, names ...string) {
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatalf("create node %s: %v", n, err)
 		}
-		node, err := apiServer.admin.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{})
+		// The node controller updates new Nodes too: retry on conflict.
+		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			node, err := apiServer.admin.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("198.18.0.%d", 100+i)}}
+			_, err = apiServer.admin.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("198.18.0.%d", 100+i)}}
-		if _, err := apiServer.admin.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 			t.Fatalf("node %s status: %v", n, err)
 		}
 	}
