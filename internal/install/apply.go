@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -37,6 +38,26 @@ func applyOne(ctx context.Context, cs kubernetes.Interface, o runtime.Object) er
 		_, err = cs.CoreV1().Namespaces().Create(ctx, x, cm)
 		if apierrors.IsAlreadyExists(err) {
 			err = nil // namespaces carry no spec of ours to update
+		}
+	case *admissionv1.ValidatingAdmissionPolicy:
+		what = "validatingadmissionpolicy " + x.Name
+		_, err = cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, x, cm)
+		if apierrors.IsAlreadyExists(err) {
+			var cur *admissionv1.ValidatingAdmissionPolicy
+			if cur, err = cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, x.Name, metav1.GetOptions{}); err == nil {
+				x.ResourceVersion = cur.ResourceVersion
+				_, err = cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Update(ctx, x, um)
+			}
+		}
+	case *admissionv1.ValidatingAdmissionPolicyBinding:
+		what = "validatingadmissionpolicybinding " + x.Name
+		_, err = cs.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, x, cm)
+		if apierrors.IsAlreadyExists(err) {
+			var cur *admissionv1.ValidatingAdmissionPolicyBinding
+			if cur, err = cs.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Get(ctx, x.Name, metav1.GetOptions{}); err == nil {
+				x.ResourceVersion = cur.ResourceVersion
+				_, err = cs.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Update(ctx, x, um)
+			}
 		}
 	case *corev1.ServiceAccount:
 		what = "serviceaccount " + x.Namespace + "/" + x.Name
@@ -114,8 +135,8 @@ func Installed(ctx context.Context, cs kubernetes.Interface) (installed, tempora
 	return true, ds.Labels[LabelTemporary] == "true", nil
 }
 
-// Uninstall removes everything Install created: the cluster-scoped RBAC and
-// the namespace (which takes the rest, requests and results included). With
+// Uninstall removes everything Install created: the cluster-scoped RBAC, the
+// admission policy and its binding, and the namespace (which takes the rest, requests and results included). With
 // wait it waits, within ctx, until the namespace is gone and with it every
 // agent pod. Missing objects are not an error.
 func Uninstall(ctx context.Context, cs kubernetes.Interface, wait bool) error {
@@ -127,6 +148,14 @@ func Uninstall(ctx context.Context, cs kubernetes.Interface, wait bool) error {
 	}
 	if err := cs.RbacV1().ClusterRoles().Delete(ctx, AgentName, opts); err != nil && !apierrors.IsNotFound(err) {
 		errs = append(errs, fmt.Errorf("delete clusterrole %s: %w", AgentName, err))
+	}
+	// The namespace goes below, and the agent's ServiceAccount with it: the
+	// policy that guards it may go too (binding first, as kubectl would).
+	if err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, PolicyName, opts); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete validatingadmissionpolicybinding %s: %w", PolicyName, err))
+	}
+	if err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, PolicyName, opts); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete validatingadmissionpolicy %s: %w", PolicyName, err))
 	}
 	// Delete the DaemonSets first so their pods go at once, even where the
 	// namespace controller is slow.

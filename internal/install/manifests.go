@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -24,7 +25,21 @@ const (
 	LabelPartOf = "app.kubernetes.io/part-of"
 	// LabelTemporary marks objects a check deployed for itself and removes afterwards.
 	LabelTemporary = "netdoctor.io/temporary"
+	// LabelRequest marks a request ConfigMap; it is agent.LabelRequest
+	// (install cannot import agent, whose tests import install; a test
+	// asserts the two are equal).
+	LabelRequest = "netdoctor.io/request"
+	// PolicyName names the ValidatingAdmissionPolicy, and its binding, that
+	// keep the agent's ServiceAccount from writing requests.
+	PolicyName = "netdoctor-agent-no-requests"
 )
+
+// AgentUser is the username the agent's ServiceAccount authenticates as.
+const AgentUser = "system:serviceaccount:" + Namespace + ":" + AgentName
+
+// PolicyMessage is the start of the message the API server gives when the
+// admission policy refuses the agent a request.
+const PolicyMessage = "netdoctor: the agent's ServiceAccount may write results, never requests"
 
 // Options tune the manifests.
 type Options struct {
@@ -68,6 +83,12 @@ func Objects(o Options) []runtime.Object {
 	hostPathDir := corev1.HostPathDirectoryOrCreate
 	objs := []runtime.Object{
 		&corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: labels(o, "netdoctor")}},
+		// Before the ServiceAccount and its RBAC: the agent may create and
+		// update ConfigMaps here (its results), and a request ConfigMap asks
+		// every agent to run tools, exec as root included. Without this
+		// policy one node's stolen agent token would command every node.
+		noRequestsPolicy(o),
+		noRequestsBinding(o),
 		&corev1.ServiceAccount{TypeMeta: tm("v1", "ServiceAccount"), ObjectMeta: meta(AgentName, agentLabels), AutomountServiceAccountToken: &tr},
 		// Cluster-wide, read only: what the agent needs to know which
 		// Services its node must serve and where the probe targets are.
@@ -184,6 +205,56 @@ func Objects(o Options) []runtime.Object {
 			Spec: corev1.ServiceSpec{Selector: targetSel, Ports: []corev1.ServicePort{{Name: "probe", Port: 80, TargetPort: intstr.FromString("probe"), Protocol: corev1.ProtocolTCP}}}},
 	}
 	return objs
+}
+
+// noRequestsPolicy denies the agent's ServiceAccount every CREATE and
+// UPDATE (patches included) of a ConfigMap in the netdoctor namespace that
+// is a request or would become one: labelled netdoctor.io/request before or
+// after. It matches only that user (matchConditions), so it costs nothing
+// for anyone else, and fails closed.
+func noRequestsPolicy(o Options) *admissionv1.ValidatingAdmissionPolicy {
+	fail := admissionv1.Fail
+	forbidden := metav1.StatusReasonForbidden
+	hasLabel := func(obj string) string {
+		return fmt.Sprintf("(%[1]s != null && has(%[1]s.metadata.labels) && %[2]q in %[1]s.metadata.labels)", obj, LabelRequest)
+	}
+	return &admissionv1.ValidatingAdmissionPolicy{
+		TypeMeta:   tm("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+		ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: labels(o, AgentName)},
+		Spec: admissionv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: &fail,
+			MatchConstraints: &admissionv1.MatchResources{
+				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: Namespace}},
+				ResourceRules: []admissionv1.NamedRuleWithOperations{{RuleWithOperations: admissionv1.RuleWithOperations{
+					Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
+					Rule:       admissionv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"configmaps"}},
+				}}},
+			},
+			MatchConditions: []admissionv1.MatchCondition{{
+				Name:       "agent-serviceaccount",
+				Expression: fmt.Sprintf("request.userInfo.username == %q", AgentUser),
+			}},
+			Validations: []admissionv1.Validation{{
+				Reason:     &forbidden,
+				Expression: "!" + hasLabel("object") + " && !" + hasLabel("oldObject"),
+				Message: PolicyMessage + " (ConfigMaps labelled " + LabelRequest + "): a request makes every agent run tools, " +
+					"exec as root included; only the CLI's user may create or change one",
+			}},
+		},
+	}
+}
+
+// noRequestsBinding puts noRequestsPolicy in force (deny, cluster-wide; the
+// policy's own constraints narrow it to the netdoctor namespace).
+func noRequestsBinding(o Options) *admissionv1.ValidatingAdmissionPolicyBinding {
+	return &admissionv1.ValidatingAdmissionPolicyBinding{
+		TypeMeta:   tm("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"),
+		ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: labels(o, AgentName)},
+		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        PolicyName,
+			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
+		},
+	}
 }
 
 func tm(apiVersion, kind string) metav1.TypeMeta {
