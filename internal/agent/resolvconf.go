@@ -88,7 +88,7 @@ func (a *Agent) podResolv(ctx context.Context, spec *cluster.ProbeSpec) []cluste
 // podNetnsPID finds the pod's network namespace (a path) and a PID in it:
 // through the CRI, else by the pod's IP under /proc.
 func (a *Agent) podNetnsPID(ctx context.Context, c *cri.Client, p cluster.ResolvPod) (string, int, error) {
-	var criErr error = cri.ErrNoRuntime
+	criErr := cri.ErrNoRuntime
 	if c != nil {
 		ns, name, _ := strings.Cut(p.Pod, "/")
 		cp, err := c.FindPod(ctx, ns, name)

@@ -102,7 +102,7 @@ func docsFor(id string) string {
 	switch {
 	case strings.HasPrefix(id, "kube-proxy"), id == "service-rules-missing":
 		return "https://kubernetes.io/docs/tasks/debug/debug-application/debug-service/#is-kube-proxy-running"
-	case strings.HasPrefix(id, "dns-"):
+	case strings.HasPrefix(id, "dns-"), id == "pod-resolv-conf-wrong":
 		return "https://kubernetes.io/docs/tasks/administer-cluster/dns-debugging-resolution/"
 	case strings.HasPrefix(id, "service-"), id == "endpoint-not-listening":
 		return "https://kubernetes.io/docs/tasks/debug/debug-application/debug-service/"

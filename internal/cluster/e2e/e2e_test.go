@@ -326,6 +326,11 @@ func TestFaults(t *testing.T) {
 			}
 			t.Logf("%s found in %s, %d broken matrix cells", f.ID, took, broken)
 			for _, x := range r.Findings {
+				if x.ID == f.ID {
+					t.Logf("finding %s@%s %s: %s\n\tevidence: %s", x.ID, x.Node, x.Severity, x.Message, strings.Join(x.Evidence, "\n\t          "))
+				}
+			}
+			for _, x := range r.Findings {
 				if x.Severity == "critical" && x.Node != "node2" && x.Node != "" && x.ID != "dns-resolution-failed" {
 					t.Logf("note: critical %s on %s (%s)", x.ID, x.Node, x.Message)
 				}
