@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/netdoctor/netdoctor/internal/finding"
 )
@@ -343,6 +344,7 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 		return nil, skipAll(r, noAgents)
 	}
 	exp := expectedServiceRules(in.Cluster)
+	changedAt := serviceChangeTimes(in.Cluster)
 	expHash := make(map[string]string, len(exp))
 	keys := make([]string, 0, len(exp))
 	for k, v := range exp {
@@ -368,10 +370,15 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			have[sr.Key()] = sr
 		}
 		var ev []string
-		var subjects []string
+		var subjects, recent []string
 		for _, k := range keys {
 			want := exp[k]
 			got, ok := have[k]
+			if (!ok || got.Hash != expHash[k]) && recentlyChanged(changedAt[k], in.Cluster.CollectedAt) {
+				// kube-proxy may simply not have synced this change yet.
+				recent = append(recent, k)
+				continue
+			}
 			switch {
 			case !ok:
 				ev = append(ev, fmt.Sprintf("%s: no %s rule on %s; the API has %d ready endpoints (%s)", k, orNone(a.ServiceRulesMode), n, len(want), short(want)))
@@ -392,6 +399,11 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			}
 		}
 		if len(ev) == 0 {
+			if len(recent) > 0 {
+				cs = append(cs, r.check(n, finding.Skipped, fmt.Sprintf("%d Service port(s) changed less than %s before the check and differ on %s (%s): kube-proxy may not have synced them yet; run the check again",
+					len(recent), SyncGrace, n, strings.Join(recent, ", "))))
+				continue
+			}
 			cs = append(cs, r.check(n, finding.Pass, ""))
 			continue
 		}
@@ -408,6 +420,42 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 		cs = append(cs, r.check(n, finding.Fail, ""))
 	}
 	return fs, cs
+}
+
+// SyncGrace is how recent a change to a Service or its EndpointSlices may be
+// for a node's differing rules to count as kube-proxy not having synced yet
+// rather than as missing rules.
+const SyncGrace = 30 * time.Second
+
+// recentlyChanged is true when a change at t happened within SyncGrace of
+// the snapshot time now (both known).
+func recentlyChanged(t, now time.Time) bool {
+	return !t.IsZero() && !now.IsZero() && t.After(now.Add(-SyncGrace))
+}
+
+// serviceChangeTimes maps each expected-rule key ("ns/name port/proto") to
+// the latest change of its Service or any of its EndpointSlices.
+func serviceChangeTimes(s *Snapshot) map[string]time.Time {
+	last := map[string]time.Time{}
+	for i := range s.EndpointSlices {
+		e := &s.EndpointSlices[i]
+		k := e.Namespace + "/" + e.Service
+		if e.LastChange.After(last[k]) {
+			last[k] = e.LastChange
+		}
+	}
+	out := map[string]time.Time{}
+	for i := range s.Services {
+		svc := &s.Services[i]
+		t := last[svc.Key()]
+		if svc.LastChange.After(t) {
+			t = svc.LastChange
+		}
+		for _, sp := range svc.Ports {
+			out[svc.Key()+" "+fmt.Sprintf("%d/%s", sp.Port, sp.Protocol)] = t
+		}
+	}
+	return out
 }
 
 func diff(want, got []string) (missing, extra []string) {

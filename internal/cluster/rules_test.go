@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netdoctor/netdoctor/internal/finding"
 )
@@ -203,6 +204,18 @@ func TestClusterRules(t *testing.T) {
 				}
 			}
 		}, []string{"service-rules-missing@node-1"}, "stale 198.18.131.9:8080"},
+		{"stale endpoint long after the last EndpointSlice change", func(s *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
+			s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
+			for i := range s.EndpointSlices {
+				s.EndpointSlices[i].LastChange = s.CollectedAt.Add(-2 * time.Minute)
+			}
+			for i, r := range a["node-1"].ServiceRules {
+				if r.Service == "web/web" {
+					t := []string{"198.18.130.5:8080", "198.18.131.9:8080"}
+					a["node-1"].ServiceRules[i] = ServiceRule{Service: r.Service, Port: r.Port, ClusterIP: r.ClusterIP, Endpoints: 2, Hash: EndpointsHash(t), Targets: t}
+				}
+			}
+		}, []string{"service-rules-missing@node-1"}, "stale 198.18.131.9:8080"},
 		{"service selector matches nothing", func(s *Snapshot, _ map[string]*AgentResult, _ *ProbeSpec) {
 			s.Services[2].Selector = map[string]string{"app": "wbe"}
 			s.EndpointSlices[2].Endpoints = nil
@@ -371,5 +384,43 @@ func TestSnapshotJSONRoundTrip(t *testing.T) {
 	if p := filepath.Join("testdata", "healthy.json"); os.Getenv("UPDATE") != "" {
 		out, _ := json.MarshalIndent(s, "", "  ")
 		_ = os.WriteFile(p, out, 0o644)
+	}
+}
+
+// A node whose rules differ for a Service changed seconds before the check
+// is kube-proxy not having synced yet: skipped with the reason, no finding.
+func TestServiceRulesMissingGraceAfterChange(t *testing.T) {
+	s := healthy()
+	spec := BuildSpec(s, SpecOptions{ExternalName: "www.example.lab"})
+	a := healthyAgents(s, spec)
+	s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
+	for i := range s.EndpointSlices {
+		if s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Service == "web/web" {
+			s.EndpointSlices[i].LastChange = s.CollectedAt.Add(-5 * time.Second)
+		}
+	}
+	for i, r := range a["node-1"].ServiceRules {
+		if r.Service == "web/web" {
+			tg := []string{"198.18.130.5:8080", "198.18.131.9:8080"}
+			a["node-1"].ServiceRules[i] = ServiceRule{Service: r.Service, Port: r.Port, ClusterIP: r.ClusterIP, Endpoints: 2, Hash: EndpointsHash(tg), Targets: tg}
+		}
+	}
+	rep := Reduce(s, spec, a, nil)
+	for _, f := range rep.Findings {
+		if f.ID == "service-rules-missing" {
+			t.Fatalf("finding for a change 5s old: %s %q", f.Message, f.Evidence)
+		}
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.ID == "service-rules-missing" && c.Node == "node-1" {
+			found = true
+			if c.Status != finding.Skipped || !strings.Contains(c.Reason, "may not have synced") {
+				t.Fatalf("check on node-1: %s %q, want skipped (not synced yet)", c.Status, c.Reason)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no service-rules-missing check for node-1")
 	}
 }
