@@ -56,6 +56,8 @@ type ToolRequest struct {
 	Tcping *TcpingSpec `json:"tcping,omitempty"`
 	Trace  *TraceSpec  `json:"trace,omitempty"`
 	Exec   *ExecSpec   `json:"exec,omitempty"`
+	// Capture names its own points (node or pods), so Pod stays empty.
+	Capture *CaptureSpec `json:"capture,omitempty"`
 }
 
 // TcpingSpec are tcping's options (internal/tcping.Options without the
@@ -117,10 +119,11 @@ type ToolResult struct {
 	// Error says why the tool could not run (bad target, pod not found,
 	// program missing); the tool's own failures (timeouts, loss, a non-zero
 	// exit) are in its result.
-	Error  string         `json:"error,omitempty"`
-	Tcping *tcping.Result `json:"tcping,omitempty"`
-	Trace  *mtr.Report    `json:"trace,omitempty"`
-	Exec   *ExecResult    `json:"exec,omitempty"`
+	Error   string         `json:"error,omitempty"`
+	Tcping  *tcping.Result `json:"tcping,omitempty"`
+	Trace   *mtr.Report    `json:"trace,omitempty"`
+	Exec    *ExecResult    `json:"exec,omitempty"`
+	Capture *CaptureResult `json:"capture,omitempty"`
 }
 
 // errRequestDeleted cancels a tool run whose request the CLI deleted
@@ -206,8 +209,15 @@ func (a *Agent) RunTool(ctx context.Context, t *ToolRequest) *ToolResult {
 			return res
 		}
 		res.Exec = r
+	case t.Tool == ToolCapture && t.Capture != nil:
+		r, err := a.RunCapture(ctx, t.Capture)
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		res.Capture = r
 	default:
-		res.Error = fmt.Sprintf("tool request %q without its options: this agent runs tcping, trace and exec", t.Tool)
+		res.Error = fmt.Sprintf("tool request %q without its options: this agent runs tcping, trace, exec and capture", t.Tool)
 	}
 	return res
 }
@@ -302,9 +312,9 @@ func WriteToolResult(ctx context.Context, cs kubernetes.Interface, ns string, re
 		if res.Exec != nil {
 			res.Exec.Stdout, res.Exec.Stderr, res.Exec.Truncated = []byte{}, []byte{}, true
 		}
-		if res.Trace != nil || res.Tcping != nil {
+		if res.Trace != nil || res.Tcping != nil || res.Capture != nil {
 			res.Error = "result too large for a ConfigMap: " + err.Error()
-			res.Trace, res.Tcping = nil, nil
+			res.Trace, res.Tcping, res.Capture = nil, nil, nil
 		}
 		if err := encode(cm, res); err != nil {
 			return err

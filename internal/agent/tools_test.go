@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -278,6 +279,82 @@ func TestToolsThroughAgent(t *testing.T) {
 			t.Errorf("exit %d in %s, want 124 soon: %s", code, took, errOut)
 		}
 	})
+	t.Run("capture on the node and in the pod, merged", func(t *testing.T) {
+		testutil.RequireProgram(t, "tshark")
+		file := filepath.Join(t.TempDir(), "node.pcapng")
+		type cliOut struct {
+			out, errOut string
+			code        int
+		}
+		res := make(chan cliOut, 1)
+		go func() {
+			out, errOut, code, _ := runCLI(t, time.Minute, "capture", "--kubeconfig", kc, "--node", "tool-1", "--iface", "tl-n0",
+				"--pod", "default/tl-web", "--duration", "4s", "-w", file, "udp", "and", "dst", "port", "47123")
+			res <- cliOut{out, errOut, code}
+		}()
+		// Once the agent runs the capture, the pod sends a known number of datagrams to the node.
+		deadline := time.Now().Add(20 * time.Second)
+		for !agentRunning(a) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !agentRunning(a) {
+			t.Fatal("the agent never started the capture")
+		}
+		time.Sleep(time.Second) // the sockets and filters are attached
+		const sent = 5
+		// Unconnected: the node's port unreachable replies do not fail the next send.
+		c, err := namespace.ListenPacket(context.Background(), testutil.Path(lab.pod), "udp", "198.18.90.2:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := &net.UDPAddr{IP: net.ParseIP("198.18.90.1"), Port: 47123}
+		for i := 0; i < sent; i++ {
+			if _, err := c.WriteTo([]byte(fmt.Sprintf("netdoctor capture %d", i)), dst); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = c.Close()
+		r := <-res
+		if r.code != 0 {
+			t.Fatalf("exit %d\n%s\n%s", r.code, r.out, r.errOut)
+		}
+		t.Logf("capture --node:\n%s%s", r.out, r.errOut)
+		out, err := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "frame.interface_name", "-e", "udp.dstport").Output()
+		if err != nil {
+			t.Fatalf("tshark: %v", err)
+		}
+		per := map[string]int{}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if name, port, ok := strings.Cut(line, "\t"); ok && port == "47123" {
+				per[name]++
+			}
+		}
+		want := map[string]int{"tool-1/host/tl-n0": sent, "tool-1/pod:default/tl-web/eth0": sent}
+		if fmt.Sprint(per) != fmt.Sprint(want) {
+			t.Errorf("tshark counts per interface %v, want %v\n%s", per, want, out)
+		}
+		if !strings.Contains(r.out, "10 packets captured on 1 node(s)") {
+			t.Errorf("summary:\n%s", r.out)
+		}
+	})
+	t.Run("capture --node needs a bound and a point", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			msg  string
+		}{
+			{[]string{"capture", "--node", "tool-1", "--iface", "tl-n0"}, "give -c N or --duration D"},
+			{[]string{"capture", "--node", "tool-1", "-c", "1"}, "no point on that node"},
+			{[]string{"capture", "--node", "tool-1", "--pod", "default/tl-elsewhere", "-c", "1"}, "add --node tool-2"},
+			{[]string{"capture", "--node", "tool-1", "--iface", "nope0", "-c", "1", "--duration", "2s"}, "no such interface"},
+		} {
+			args := append([]string{tc.args[0], "--kubeconfig", kc}, tc.args[1:]...)
+			_, errOut, code, _ := runCLI(t, time.Minute, args...)
+			if code != 2 || !strings.Contains(errOut, tc.msg) {
+				t.Errorf("%v: exit %d, want 2 and %q: %s", tc.args, code, tc.msg, errOut)
+			}
+		}
+	})
 	t.Run("bad targets exit 2", func(t *testing.T) {
 		for _, tc := range []struct {
 			args []string
@@ -351,4 +428,16 @@ func TestToolsThroughAgent(t *testing.T) {
 	if err != nil || len(l.Items) != 0 {
 		t.Errorf("results left: %v %d", err, len(l.Items))
 	}
+}
+
+// agentRunning says whether agent a runs a tool now.
+func agentRunning(a *Agent) bool {
+	n := 0
+	toolRuns.Range(func(k, _ any) bool {
+		if k.(toolRunKey).a == a {
+			n++
+		}
+		return true
+	})
+	return n > 0
 }

@@ -42,12 +42,6 @@ func init() {
 	Register(newExecCommand)
 }
 
-// errNeedsAgent is capture's answer to --node (tcping, trace and exec run
-// through the agent: toolagent.go).
-func errNeedsAgent() error {
-	return UsageError("capture --node: capturing through the agent is not available yet (run netdoctor capture on that node, with --iface, --netns or --pod)")
-}
-
 // toolWhere is where a tool runs: one network namespace given by name or
 // path, by PID, or by pod (through the CRI), or this namespace.
 type toolWhere struct {
@@ -431,7 +425,8 @@ func printTrace(out io.Writer, rep *mtr.Report, numeric bool, lines int) error {
 func newCaptureCommand() *cobra.Command {
 	var ifaces, netnses, pods, nodes, nodeIPs []string
 	var pids []int
-	var criEndpoint, file string
+	var criEndpoint, file, image string
+	kube := newToolKubeFlags()
 	var count, snaplen, bufferKiB int
 	var duration time.Duration
 	var maxSize int64
@@ -460,9 +455,6 @@ nodes), and for every flow the points where it was and was not seen.`,
 			if err := CheckOutput(); err != nil {
 				return err
 			}
-			if len(nodes) > 0 {
-				return errNeedsAgent()
-			}
 			var known []net.IP
 			for _, s := range nodeIPs {
 				ip := net.ParseIP(s)
@@ -470,6 +462,20 @@ nodes), and for every flow the points where it was and was not seen.`,
 					return UsageError("--node-ips: %q is not an IP address", s)
 				}
 				known = append(known, ip)
+			}
+			if len(nodes) > 0 {
+				if len(netnses) > 0 || len(pids) > 0 || criEndpoint != "" || bufferKiB != capture.DefaultBufferBytes>>10 {
+					return UsageError("capture --node: --netns, --pid, --cri-endpoint and -B are for a local capture (use --iface DEV and --pod NS/NAME[:DEV])")
+				}
+				if count < 0 || duration < 0 || snaplen < 0 || maxSize < 0 {
+					return UsageError("-c, --duration, --snaplen and --max-size must not be negative")
+				}
+				nc := &nodeCapture{nodes: nodes, ifaces: ifaces, pods: pods, kube: kube, image: image, filter: strings.Join(args, " "), file: file,
+					count: count, snaplen: snaplen, duration: duration, maxSize: maxSize, analyze: analyze, known: known}
+				if !cmd.Flags().Changed("max-size") {
+					nc.maxSize = 0
+				}
+				return nc.run(cmd)
 			}
 			noPoints := len(ifaces) == 0 && len(pods) == 0 && len(netnses) == 0 && len(pids) == 0
 			if analyze && noPoints {
@@ -582,7 +588,9 @@ nodes), and for every flow the points where it was and was not seen.`,
 	f.StringArrayVar(&netnses, "netns", nil, "namespace for --iface DEV (one), or a point with --iface's device (repeatable)")
 	f.IntSliceVar(&pids, "pid", nil, "like --netns, the namespace of this process")
 	f.StringArrayVar(&pods, "pod", nil, "capture point: NS/NAME[:DEV] through the CRI runtime (repeatable)")
-	f.StringArrayVar(&nodes, "node", nil, "capture on another node (through the agent: not available yet)")
+	f.StringArrayVar(&nodes, "node", nil, "capture on this node of the cluster through its agent (repeatable; --iface DEV and --pod NS/NAME[:DEV] are then points there; needs -c or --duration; at most 600 KiB per node)")
+	f.StringVar(&image, "image", install.DefaultImg, "--node: image of the temporary agent, when none is installed")
+	kube.AddFlags(f)
 	f.StringVar(&criEndpoint, "cri-endpoint", "", "CRI runtime socket")
 	f.StringVarP(&file, "write", "w", "", "write a pcapng file")
 	f.IntVarP(&count, "count", "c", 0, "stop after N packets in all (0: no bound)")
