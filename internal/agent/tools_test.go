@@ -338,6 +338,35 @@ func TestToolsThroughAgent(t *testing.T) {
 			t.Errorf("summary:\n%s", r.out)
 		}
 	})
+	t.Run("ctrl-c stops a capture on the node", func(t *testing.T) {
+		c := exec.Command(needBinary(t), "capture", "--kubeconfig", kc, "--node", "tool-1", "--iface", "tl-n0", "--duration", "60s", "udp", "port", "47126")
+		var errb strings.Builder
+		c.Stderr = &errb
+		if err := namespace.Do(testutil.Path(apiServer.netns), c.Start); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for !agentRunning(a) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !agentRunning(a) {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+			t.Fatalf("the agent never started the capture: %s", errb.String())
+		}
+		start := time.Now()
+		_ = c.Process.Signal(syscall.SIGINT)
+		err := c.Wait()
+		if c.ProcessState.ExitCode() != 2 || !strings.Contains(errb.String(), "interrupted") {
+			t.Errorf("after Ctrl-C: %v, stderr %s", err, errb.String())
+		}
+		for agentRunning(a) && time.Since(start) < 5*time.Second {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if agentRunning(a) {
+			t.Errorf("the agent's capture still runs %s after Ctrl-C", time.Since(start))
+		}
+	})
 	t.Run("capture --node needs a bound and a point", func(t *testing.T) {
 		for _, tc := range []struct {
 			args []string

@@ -450,7 +450,12 @@ printed as a line.
 retransmissions and the segment size that keeps being retransmitted (MTU),
 SYNs without SYN-ACK, RSTs, ICMP fragmentation-needed/unreachable, ARP requests
 without replies, VXLAN outer/inner flows (with --node-ips: sources that are not
-nodes), and for every flow the points where it was and was not seen.`,
+nodes), and for every flow the points where it was and was not seen.
+With --node NODE (repeatable) the netdoctor agent on each node captures there:
+--iface DEV is then a device in the node's network namespace and --pod
+NS/NAME[:DEV] a pod's device on its node; give -c or --duration; each node
+returns at most 600 KiB of pcapng (the summary says when a node's was cut);
+the nodes' files are merged into one, one interface block per point.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := CheckOutput(); err != nil {
 				return err
