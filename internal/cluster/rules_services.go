@@ -425,7 +425,7 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 // SyncGrace is how recent a change to a Service or its EndpointSlices may be
 // for a node's differing rules to count as kube-proxy not having synced yet
 // rather than as missing rules.
-const SyncGrace = 30 * time.Second
+const SyncGrace = 10 * time.Second
 
 // recentlyChanged is true when a change at t happened within SyncGrace of
 // the snapshot time now (both known).
