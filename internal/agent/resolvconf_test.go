@@ -62,7 +62,9 @@ func TestPodResolvReadsWhatThePodSees(t *testing.T) {
 	var got []cluster.PodResolv
 	for i := 0; i < 50; i++ { // the processes need a moment to mount and exec sleep
 		got = a.podResolv(context.Background(), spec)
-		if len(got) == 2 && got[0].Status == cluster.ProbeOK && got[1].Status == "wrong" {
+		// Wait for the bind mounts themselves: before them the pods see the
+		// host's resolv.conf, which is "wrong" too.
+		if len(got) == 2 && got[0].Status == cluster.ProbeOK && got[1].Status == "wrong" && got[1].Conf == confs[bad] {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
