@@ -19,10 +19,12 @@ build:
 labbins:
 	cd labk8s && $(GO) build -o $(LABK8S) .
 
-## test: the whole test suite (root tests and the lab end to end included)
+## test: the whole test suite (root tests and the lab end to end included); one package at
+## a time (-p 1): several packages bring up a lab, and labs running side by side on 2 cores
+## made their timing-sensitive checks flaky
 test: build labbins
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 
 ## unit: tests that need neither root nor the lab binaries
 unit:
