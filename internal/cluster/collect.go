@@ -167,7 +167,7 @@ func convertNode(n *corev1.Node) Node {
 
 func convertService(s *corev1.Service) Service {
 	out := Service{Namespace: s.Namespace, Name: s.Name, Type: string(s.Spec.Type), Selector: s.Spec.Selector, ExternalName: s.Spec.ExternalName,
-		LastChange: lastChange(s.ObjectMeta)}
+		Created: s.CreationTimestamp.UTC()}
 	if len(s.Spec.ClusterIPs) > 0 {
 		out.ClusterIPs = append(out.ClusterIPs, s.Spec.ClusterIPs...)
 	} else if s.Spec.ClusterIP != "" {
@@ -198,7 +198,7 @@ func collectSlices(ctx context.Context, cs kubernetes.Interface, s *Snapshot) er
 
 func convertSlice(e *discoveryv1.EndpointSlice) EndpointSlice {
 	out := EndpointSlice{Namespace: e.Namespace, Name: e.Name, Service: e.Labels[discoveryv1.LabelServiceName], AddressType: string(e.AddressType),
-		LastChange: lastChange(e.ObjectMeta)}
+		Created: e.CreationTimestamp.UTC()}
 	for _, p := range e.Ports {
 		ep := EndpointPort{}
 		if p.Name != nil {
@@ -378,16 +378,4 @@ func declaresTCPPort(p *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-// lastChange is the latest of an object's creation time and its managed
-// fields' write times: when it last changed, to the second.
-func lastChange(m metav1.ObjectMeta) time.Time {
-	t := m.CreationTimestamp.Time
-	for _, f := range m.ManagedFields {
-		if f.Time != nil && f.Time.After(t) {
-			t = f.Time.Time
-		}
-	}
-	return t.UTC()
 }

@@ -400,7 +400,7 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 		}
 		if len(ev) == 0 {
 			if len(recent) > 0 {
-				cs = append(cs, r.check(n, finding.Skipped, fmt.Sprintf("%d Service port(s) changed less than %s before the check and differ on %s (%s): kube-proxy may not have synced them yet; run the check again",
+				cs = append(cs, r.check(n, finding.Skipped, fmt.Sprintf("%d Service port(s) created less than %s before the check and differ on %s (%s): kube-proxy may not have synced them yet; run the check again",
 					len(recent), SyncGrace, n, strings.Join(recent, ", "))))
 				continue
 			}
@@ -422,9 +422,11 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 	return fs, cs
 }
 
-// SyncGrace is how recent a change to a Service or its EndpointSlices may be
-// for a node's differing rules to count as kube-proxy not having synced yet
-// rather than as missing rules.
+// SyncGrace is how new a Service or its EndpointSlice may be for a node's
+// differing rules to count as kube-proxy not having synced it yet rather
+// than as missing rules. Only creation counts: a later change to an old
+// Service is synced within about a second, and a node that then still lacks
+// its rules is the fault this rule exists for.
 const SyncGrace = 10 * time.Second
 
 // recentlyChanged is true when a change at t happened within SyncGrace of
@@ -434,22 +436,22 @@ func recentlyChanged(t, now time.Time) bool {
 }
 
 // serviceChangeTimes maps each expected-rule key ("ns/name port/proto") to
-// the latest change of its Service or any of its EndpointSlices.
+// the latest creation of its Service or any of its EndpointSlices.
 func serviceChangeTimes(s *Snapshot) map[string]time.Time {
 	last := map[string]time.Time{}
 	for i := range s.EndpointSlices {
 		e := &s.EndpointSlices[i]
 		k := e.Namespace + "/" + e.Service
-		if e.LastChange.After(last[k]) {
-			last[k] = e.LastChange
+		if e.Created.After(last[k]) {
+			last[k] = e.Created
 		}
 	}
 	out := map[string]time.Time{}
 	for i := range s.Services {
 		svc := &s.Services[i]
 		t := last[svc.Key()]
-		if svc.LastChange.After(t) {
-			t = svc.LastChange
+		if svc.Created.After(t) {
+			t = svc.Created
 		}
 		for _, sp := range svc.Ports {
 			out[svc.Key()+" "+fmt.Sprintf("%d/%s", sp.Port, sp.Protocol)] = t

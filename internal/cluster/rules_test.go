@@ -207,7 +207,7 @@ func TestClusterRules(t *testing.T) {
 		{"stale endpoint long after the last EndpointSlice change", func(s *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
 			s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
 			for i := range s.EndpointSlices {
-				s.EndpointSlices[i].LastChange = s.CollectedAt.Add(-2 * time.Minute)
+				s.EndpointSlices[i].Created = s.CollectedAt.Add(-2 * time.Minute)
 			}
 			for i, r := range a["node-1"].ServiceRules {
 				if r.Service == "web/web" {
@@ -396,7 +396,7 @@ func TestServiceRulesMissingGraceAfterChange(t *testing.T) {
 	s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
 	for i := range s.EndpointSlices {
 		if s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Service == "web/web" {
-			s.EndpointSlices[i].LastChange = s.CollectedAt.Add(-5 * time.Second)
+			s.EndpointSlices[i].Created = s.CollectedAt.Add(-5 * time.Second)
 		}
 	}
 	for i, r := range a["node-1"].ServiceRules {

@@ -118,9 +118,9 @@ type Service struct {
 	Selector     map[string]string `json:"selector,omitempty"`
 	Ports        []ServicePort     `json:"ports,omitempty"`
 	ExternalName string            `json:"externalName,omitempty"`
-	// LastChange is when the Service was created or last written (from its
-	// managed fields): kube-proxy may not have synced a change this recent.
-	LastChange time.Time `json:"lastChange,omitempty"`
+	// Created is the Service's creation time: kube-proxy may not have synced
+	// a Service this new.
+	Created time.Time `json:"created,omitempty"`
 }
 
 // Key is "namespace/name".
@@ -148,9 +148,8 @@ type EndpointSlice struct {
 	AddressType string         `json:"addressType"`
 	Ports       []EndpointPort `json:"ports,omitempty"`
 	Endpoints   []Endpoint     `json:"endpoints,omitempty"`
-	// LastChange is when the slice was created or last written (from its
-	// managed fields).
-	LastChange time.Time `json:"lastChange,omitempty"`
+	// Created is the slice's creation time.
+	Created time.Time `json:"created,omitempty"`
 }
 
 // EndpointPort is a port of an EndpointSlice.
