@@ -3,6 +3,7 @@ package faults_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -276,24 +277,37 @@ func faultCycle(t *testing.T, ctx context.Context, l *lab.Lab, f faults.Fault) {
 }
 
 func statusJSON(t *testing.T, self, root, name string) {
-	cmd := exec.Command(self, "lab", "status", "--name", name, "-o", "json")
-	cmd.Env = append(os.Environ(), "NETDOCTOR_LAB_STATE="+root)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("lab status: %v", err)
-	}
-	var s lab.Status
-	if err := json.Unmarshal(out, &s); err != nil {
-		t.Fatalf("lab status -o json: %v\n%s", err, out)
-	}
-	if s.Kubeconfig == "" || len(s.Nodes) != 3 || s.Nodes[0].Netns == "" || s.Nodes[0].PodCIDR == "" || len(s.Processes) < 10 {
-		t.Fatalf("lab status: %+v", s)
-	}
-	for _, p := range s.Processes {
-		if !p.Alive || p.LogFile == "" {
-			t.Errorf("process %+v", p)
+	// A container the kubelet is restarting shows as not alive for a moment:
+	// every process must be alive in one of a few reads.
+	var dead []string
+	for attempt := 0; attempt < 10; attempt++ {
+		if attempt > 0 {
+			time.Sleep(time.Second)
+		}
+		cmd := exec.Command(self, "lab", "status", "--name", name, "-o", "json")
+		cmd.Env = append(os.Environ(), "NETDOCTOR_LAB_STATE="+root)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("lab status: %v", err)
+		}
+		var s lab.Status
+		if err := json.Unmarshal(out, &s); err != nil {
+			t.Fatalf("lab status -o json: %v\n%s", err, out)
+		}
+		if s.Kubeconfig == "" || len(s.Nodes) != 3 || s.Nodes[0].Netns == "" || s.Nodes[0].PodCIDR == "" || len(s.Processes) < 10 {
+			t.Fatalf("lab status: %+v", s)
+		}
+		dead = dead[:0]
+		for _, p := range s.Processes {
+			if !p.Alive || p.LogFile == "" {
+				dead = append(dead, fmt.Sprintf("%+v", p))
+			}
+		}
+		if len(dead) == 0 {
+			return
 		}
 	}
+	t.Errorf("processes not alive or without a log file after 10 reads of lab status: %v", dead)
 }
 
 func downLeavesNothing(t *testing.T, l *lab.Lab, root string) {
