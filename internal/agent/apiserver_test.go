@@ -215,8 +215,15 @@ func TestInstalledManifestsAndAgentRBAC(t *testing.T) {
 	_ = apiServer.admin.CoreV1().ConfigMaps(install.Namespace).Delete(ctx, "rbac-probe", metav1.DeleteOptions{})
 }
 
-// simNodes creates Node objects for simulated nodes (no kubelet).
+// simNodes creates Node objects for simulated nodes (no kubelet), with
+// InternalIPs 198.18.0.100 and up.
 func simNodes(t *testing.T, names ...string) {
+	t.Helper()
+	simNodesFrom(t, 100, names...)
+}
+
+// simNodesFrom is simNodes with InternalIPs from 198.18.0.<base> up.
+func simNodesFrom(t *testing.T, base int, names ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -231,7 +238,7 @@ func simNodes(t *testing.T, names ...string) {
 			if err != nil {
 				return err
 			}
-			node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("198.18.0.%d", 100+i)}}
+			node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("198.18.0.%d", base+i)}}
 			_, err = apiServer.admin.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 			return err
 		})

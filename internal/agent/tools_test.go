@@ -113,32 +113,6 @@ func newToolsLab(t *testing.T) *toolsLab {
 	return l
 }
 
-// toolNodes creates Node objects for simulated nodes (no kubelet), retrying
-// on conflicts with the node controller's own updates.
-func toolNodes(t *testing.T, names ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for i, n := range names {
-		_, err := apiServer.admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("create node %s: %v", n, err)
-		}
-		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			node, err := apiServer.admin.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("198.18.0.%d", 200+i)}}
-			_, err = apiServer.admin.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("node %s status: %v", n, err)
-		}
-	}
-}
-
 // createPod makes a Pod object bound to node (no kubelet runs it).
 func createPod(t *testing.T, ns, name, node, ip string) {
 	t.Helper()
@@ -185,7 +159,7 @@ func TestToolsThroughAgent(t *testing.T) {
 	lab := newToolsLab(t)
 	sock := filepath.Join(t.TempDir(), "cri.sock")
 	critest.Start(t, sock, []critest.Pod{{ID: "sb-tl", Namespace: "default", Name: "tl-web", UID: "u-tl", IP: "198.18.90.2", PID: 4321, NetnsPath: testutil.Path(lab.pod)}})
-	toolNodes(t, "tool-1", "tool-2") // tool-2 has no agent
+	simNodesFrom(t, 200, "tool-1", "tool-2") // tool-2 has no agent
 	createPod(t, "default", "tl-web", "tool-1", "198.18.90.2")
 	createPod(t, "default", "tl-elsewhere", "tool-2", "198.18.90.9")
 	ctx, cancel := context.WithCancel(context.Background())
