@@ -3,6 +3,7 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -95,6 +96,12 @@ func Down(name, stateRoot string) (*DownReport, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// 3b. Any process still marked as the lab's, wherever it runs.
+	stopped, err = killOwned(name)
+	rep.Stopped = append(rep.Stopped, stopped...)
+	if err != nil {
+		errs = append(errs, err)
+	}
 
 	for _, n := range names {
 		if !namespace.Exists(n) {
@@ -139,6 +146,16 @@ func Down(name, stateRoot string) (*DownReport, error) {
 // killInNamespaces sends SIGTERM, then SIGKILL after a grace period, to every process whose
 // network namespace is one of the named ones, and waits until they are gone.
 func killInNamespaces(names []string) ([]string, error) {
+	find := inNamespaces(names)
+	if find == nil {
+		return nil, nil
+	}
+	return killUntilGone(find, "in lab namespaces")
+}
+
+// inNamespaces returns a function listing the processes (PID to namespace name) that run in
+// one of the named namespaces, or nil if none of them exists.
+func inNamespaces(names []string) func() map[int]string {
 	inodes := map[uint64]string{}
 	for _, n := range names {
 		var st syscall.Stat_t
@@ -147,9 +164,9 @@ func killInNamespaces(names []string) ([]string, error) {
 		}
 	}
 	if len(inodes) == 0 {
-		return nil, nil
+		return nil
 	}
-	find := func() map[int]string {
+	return func() map[int]string {
 		out := map[int]string{}
 		ents, _ := os.ReadDir("/proc")
 		self := os.Getpid()
@@ -172,13 +189,56 @@ func killInNamespaces(names []string) ([]string, error) {
 		}
 		return out
 	}
+}
+
+// LiveProcesses lists the processes that keep a lab alive: those running in one of its
+// namespaces and those marked as its own (proc.Spec.Owner), as "PID (where)", sorted.
+func LiveProcesses(name string) []string {
+	seen := map[int]string{}
+	if ns, err := ListOwnedNetns(name); err == nil {
+		if find := inNamespaces(ns); find != nil {
+			maps.Copy(seen, find())
+		}
+	}
+	if pids, err := proc.FindOwned(name); err == nil {
+		for _, pid := range pids {
+			if _, ok := seen[pid]; !ok {
+				seen[pid] = "marked as lab " + name + "'s"
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for pid, where := range seen {
+		out = append(out, fmt.Sprintf("%d (%s)", pid, where))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// killOwned stops every process still marked as the lab's (proc.Spec.Owner): a container
+// whose pod namespace was already gone, a program left by a run killed before its cleanup.
+func killOwned(name string) ([]string, error) {
+	find := func() map[int]string {
+		pids, _ := proc.FindOwned(name)
+		out := make(map[int]string, len(pids))
+		for _, pid := range pids {
+			out[pid] = "marked " + proc.OwnerEnv + "=" + name
+		}
+		return out
+	}
+	return killUntilGone(find, "marked as the lab's")
+}
+
+// killUntilGone sends SIGTERM to every process find returns (PID to where it was found),
+// then SIGKILL to those left after a grace period, and waits until find returns none.
+func killUntilGone(find func() map[int]string, where string) ([]string, error) {
 	procs := find()
 	if len(procs) == 0 {
 		return nil, nil
 	}
 	var stopped []string
 	for pid, n := range procs {
-		stopped = append(stopped, fmt.Sprintf("pid %d in %s", pid, n))
+		stopped = append(stopped, fmt.Sprintf("pid %d (%s)", pid, n))
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 	}
 	deadline := time.Now().Add(2 * time.Second)
@@ -210,7 +270,8 @@ func killInNamespaces(names []string) ([]string, error) {
 		for pid, n := range left {
 			l = append(l, fmt.Sprintf("%d (%s)", pid, n))
 		}
-		return stopped, fmt.Errorf("processes still running in lab namespaces after SIGKILL: %s", strings.Join(l, ", "))
+		sort.Strings(l)
+		return stopped, fmt.Errorf("processes still running %s after SIGKILL: %s", where, strings.Join(l, ", "))
 	}
 	return stopped, nil
 }

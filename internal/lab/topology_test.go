@@ -3,11 +3,13 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netdoctor/netdoctor/internal/lab/proc"
 	"github.com/netdoctor/netdoctor/internal/namespace"
@@ -191,6 +193,55 @@ func TestDownAfterCrash(t *testing.T) {
 	}
 	if _, err := testutil.Run(t, "", "ip", "link", "show", RootLinkName(c.Name)); err == nil {
 		t.Fatal("root link left")
+	}
+}
+
+// TestReclaimStale proves what Up does with namespaces an earlier run of the same lab left:
+// while a process runs in them or carries the lab's mark, it refuses and touches nothing;
+// once none does, it removes them.
+func TestReclaimStale(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireProgram(t, "sleep")
+	c := Config{Name: "tstale", Nodes: 1, StateRoot: t.TempDir(), UnderlayCIDR: netip.MustParsePrefix("198.18.3.0/24")}.WithDefaults()
+	t.Cleanup(func() { _, _ = Down(c.Name, c.StateRoot) })
+	if err := BuildTopology(c, &State{Config: c}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := ListOwnedNetns(c.Name)
+	if err != nil || len(before) == 0 {
+		t.Fatalf("ListOwnedNetns = %v, %v", before, err)
+	}
+	var said []string
+	say := func(f string, a ...any) { said = append(said, fmt.Sprintf(f, a...)) }
+	logs := t.TempDir()
+	for _, spec := range []proc.Spec{
+		{Name: "marked", Path: "sleep", Args: []string{"300"}, Owner: c.Name, LogFile: filepath.Join(logs, "marked.log")},
+		{Name: "inside", Path: "sleep", Args: []string{"300"}, Netns: NetnsPath(c.NodeNetns(1)), LogFile: filepath.Join(logs, "inside.log")},
+	} {
+		info, err := proc.Start(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = reclaimStale(c, say)
+		_ = proc.Stop(info, time.Second)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d (", info.PID)) || !strings.Contains(err.Error(), "is live") {
+			t.Fatalf("%s process %d: reclaimStale = %v, want a refusal naming it", spec.Name, info.PID, err)
+		}
+		if left, _ := ListOwnedNetns(c.Name); len(left) != len(before) {
+			t.Fatalf("%s process: refusal removed namespaces: %v left of %v", spec.Name, left, before)
+		}
+	}
+	if err := reclaimStale(c, say); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := ListOwnedNetns(c.Name); len(left) != 0 {
+		t.Fatalf("namespaces left after reclaim: %v", left)
+	}
+	if _, err := testutil.Run(t, "", "ip", "link", "show", RootLinkName(c.Name)); err == nil {
+		t.Fatal("root link left after reclaim")
+	}
+	if len(said) != 1 || !strings.Contains(said[0], "left by an earlier run") {
+		t.Fatalf("progress %q, want one line telling what was removed", said)
 	}
 }
 

@@ -77,8 +77,8 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 	if _, err := LoadState(c.StateDir()); err == nil {
 		return nil, fmt.Errorf("lab %s already exists (state in %s): run `netdoctor lab down --name %s` first", c.Name, c.StateDir(), c.Name)
 	}
-	if left, _ := ListOwnedNetns(c.Name); len(left) > 0 {
-		return nil, fmt.Errorf("namespaces of lab %s are left from an earlier run (%s): run `netdoctor lab down --name %s` first", c.Name, strings.Join(left, ", "), c.Name)
+	if err := reclaimStale(c, say); err != nil {
+		return nil, err
 	}
 	// Safety first: nothing is created before this check passes.
 	if err := c.CheckHost(o.HostNetns); err != nil {
@@ -110,6 +110,7 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 		Netns:     NetnsPath(c.ExtNetns()),
 		LogFile:   filepath.Join(LogDir(c.StateDir()), "external-web.log"),
 		StateFile: filepath.Join(ProcDir(c.StateDir()), "external-web.json"),
+		Owner:     c.Name,
 	}); err != nil {
 		return nil, err
 	}
@@ -117,7 +118,7 @@ func Up(ctx context.Context, c Config, o UpOptions) (l *Lab, err error) {
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		StateDir: CPStateDir(c.StateDir()), K8sBin: c.K8sBin, Netns: NetnsPath(c.CPNetns()),
 		AdvertiseIP: c.CPIP().String(), ServiceCIDR: c.ServiceCIDR.String(), ClusterCIDR: c.ClusterCIDR.String(),
-		NodeCIDRMaskSize: c.NodeCIDRMaskSize,
+		NodeCIDRMaskSize: c.NodeCIDRMaskSize, Owner: c.Name,
 	})
 	if err != nil {
 		return nil, err
@@ -225,6 +226,7 @@ func StartKubelet(c Config, node string) error {
 		Netns:     NetnsPath(NetnsPrefix(c.Name) + node),
 		LogFile:   filepath.Join(LogDir(dir), "kubelet-"+node+".log"),
 		StateFile: filepath.Join(ProcDir(dir), "kubelet-"+node+".json"),
+		Owner:     c.Name,
 	})
 	return err
 }
@@ -268,6 +270,7 @@ func startUpstreamDNS(c Config) error {
 		Dir: dir, Netns: NetnsPath(c.DNSNetns()),
 		LogFile:   filepath.Join(LogDir(c.StateDir()), "upstream-dns.log"),
 		StateFile: filepath.Join(ProcDir(c.StateDir()), "upstream-dns.json"),
+		Owner:     c.Name,
 	})
 	return err
 }
@@ -495,4 +498,23 @@ func HasEndpointRules(rules, mode string) bool {
 		return strings.Contains(rules, "dnat to")
 	}
 	return strings.Contains(rules, "-j DNAT")
+}
+
+// reclaimStale removes the namespaces of lab c.Name that an earlier run left behind, when no
+// process runs in them or as the lab's (the run was killed before its cleanup). If processes
+// do, another run of the lab is live: it fails and touches nothing.
+func reclaimStale(c Config, say func(string, ...any)) error {
+	left, err := ListOwnedNetns(c.Name)
+	if err != nil || len(left) == 0 {
+		return err
+	}
+	if live := LiveProcesses(c.Name); len(live) > 0 {
+		return fmt.Errorf("namespaces of lab %s exist (%s) and processes run in them or as the lab's (%s): another run of lab %s is live; run `netdoctor lab down --name %s` if it is not wanted",
+			c.Name, strings.Join(left, ", "), strings.Join(live, ", "), c.Name, c.Name)
+	}
+	say("removing namespaces left by an earlier run of lab %s (no process runs in them): %s", c.Name, strings.Join(left, ", "))
+	if _, err := Down(c.Name, c.StateRoot); err != nil {
+		return fmt.Errorf("remove what an earlier run of lab %s left: %w", c.Name, err)
+	}
+	return nil
 }

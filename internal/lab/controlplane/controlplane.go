@@ -83,6 +83,8 @@ type Config struct {
 	ReadyTimeout time.Duration `json:"readyTimeout"`
 	// StopTimeout is how long a component gets between SIGTERM and SIGKILL; default 5 s.
 	StopTimeout time.Duration `json:"stopTimeout"`
+	// Owner, if set, marks every component's process with it (proc.Spec.Owner): the lab's name.
+	Owner string `json:"owner,omitempty"`
 }
 
 // FindK8sBin returns the netdoctor-k8s binary: $NETDOCTOR_K8S_BIN, else netdoctor-k8s next to
@@ -518,6 +520,7 @@ func (cp *ControlPlane) launch(component string) (*proc.Info, error) {
 		Netns:     cp.Config.Netns,
 		LogFile:   cp.LogFile(component),
 		StateFile: cp.procFile(component),
+		Owner:     cp.Config.Owner,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", component, err)

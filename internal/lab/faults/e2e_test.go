@@ -317,11 +317,20 @@ func downLeavesNothing(t *testing.T, l *lab.Lab, root string) {
 	if len(procs) == 0 {
 		t.Fatal("no lab processes recorded")
 	}
+	// Every lab process carries the lab's mark, the pods' containers too: more than the
+	// recorded processes.
+	marked, err := proc.FindOwned(name)
+	if err != nil || len(marked) <= len(procs) {
+		t.Errorf("processes marked as lab %s's: %v (%v), want more than the %d recorded ones", name, marked, err, len(procs))
+	}
 	begin := time.Now()
 	if _, err := lab.Down(name, root); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("lab down in %s", time.Since(begin).Round(10*time.Millisecond))
+	if left, _ := proc.FindOwned(name); len(left) != 0 {
+		t.Errorf("processes marked as lab %s's still run after down: %v", name, left)
+	}
 	for _, p := range procs {
 		if proc.Alive(p) {
 			t.Errorf("process %s (%d) still alive", p.Name, p.PID)

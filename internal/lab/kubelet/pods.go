@@ -304,6 +304,7 @@ func (k *Kubelet) startContainer(ctx context.Context, r *podRuntime, p *corev1.P
 		Netns:     r.netnsPath,
 		LogFile:   filepath.Join(r.dir, c.Name+".log"),
 		StateFile: k.ctrStateFile(r, c.Name),
+		Owner:     k.opts.Lab,
 	})
 	if err != nil {
 		return err

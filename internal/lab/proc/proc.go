@@ -7,6 +7,7 @@
 package proc
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,7 +46,14 @@ type Spec struct {
 	LogFile string
 	// StateFile, if set, receives the Info as JSON once the program has started.
 	StateFile string
+	// Owner, if set, marks the process (and, by inheritance, every process it starts) with
+	// OwnerEnv=Owner in its environment, so that FindOwned can find it even after its state
+	// file is gone (a pod container whose kubelet died, a run killed before its cleanup).
+	Owner string
 }
+
+// OwnerEnv is the environment variable that carries Spec.Owner.
+const OwnerEnv = "NETDOCTOR_LAB_OWNER"
 
 // Info identifies a started process. PID, StartTime and BootID together name one process
 // for the life of the machine: a PID reused by another program has another start time.
@@ -106,6 +114,9 @@ func Start(spec Spec) (*Info, error) {
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), spec.Env...)
+	if spec.Owner != "" {
+		cmd.Env = append(withoutVar(cmd.Env, OwnerEnv), OwnerEnv+"="+spec.Owner)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	_, _ = fmt.Fprintf(logf, "=== %s: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), path, strings.Join(spec.Args, " "))
 	if err := namespace.Do(spec.Netns, cmd.Start); err != nil {
@@ -401,6 +412,50 @@ func LoadDir(dir string) ([]*Info, error) {
 			return out, err
 		}
 		out = append(out, info)
+	}
+	return out, nil
+}
+
+// withoutVar returns env without its entries for the variable name.
+func withoutVar(env []string, name string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// FindOwned returns the PIDs of the processes, other than this one, whose environment holds
+// OwnerEnv=owner: those started with Spec.Owner = owner and their descendants. Processes
+// whose environment cannot be read (gone, or not ours to read) are left out.
+func FindOwned(owner string) ([]int, error) {
+	if owner == "" {
+		return nil, errors.New("find owned processes: no owner")
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("find owned processes: %w", err)
+	}
+	want := []byte(OwnerEnv + "=" + owner)
+	self := os.Getpid()
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(b, []byte{0}) {
+			if bytes.Equal(kv, want) {
+				out = append(out, pid)
+				break
+			}
+		}
 	}
 	return out, nil
 }

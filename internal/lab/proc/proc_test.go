@@ -2,8 +2,10 @@ package proc
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -309,5 +311,55 @@ func TestStopNonChild(t *testing.T) {
 	}
 	if Alive(info) {
 		t.Fatal("orphan alive after Stop")
+	}
+}
+
+func TestFindOwnedFindsDescendants(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireProgram(t, "sh")
+	dir := t.TempDir()
+	owner := fmt.Sprintf("proctest-%d", os.Getpid())
+	info, err := Start(Spec{
+		Name: "parent", Path: "sh", Args: []string{"-c", "sleep 300 & wait"}, Owner: owner,
+		LogFile: filepath.Join(dir, "parent.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	t.Cleanup(func() {
+		_ = Stop(info, time.Second)
+		for _, pid := range pids {
+			if pid != info.PID {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	other, err := Start(Spec{Name: "other", Path: "sleep", Args: []string{"300"}, LogFile: filepath.Join(dir, "other.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Stop(other, time.Second) })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if pids, err = FindOwned(owner); err != nil {
+			t.Fatal(err)
+		}
+		if len(pids) == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(pids) != 2 || !slices.Contains(pids, info.PID) {
+		t.Fatalf("FindOwned(%s) = %v, want the shell %d and its sleep child", owner, pids, info.PID)
+	}
+	if slices.Contains(pids, other.PID) {
+		t.Fatalf("FindOwned(%s) = %v holds the unmarked process %d", owner, pids, other.PID)
+	}
+	if none, err := FindOwned(owner + "x"); err != nil || len(none) != 0 {
+		t.Fatalf("FindOwned of another owner = %v, %v; want none (exact match)", none, err)
+	}
+	if _, err := FindOwned(""); err == nil {
+		t.Fatal("FindOwned(\"\") did not fail")
 	}
 }
