@@ -10,6 +10,8 @@ import (
 
 	"github.com/netdoctor/netdoctor/internal/cli"
 	"github.com/netdoctor/netdoctor/internal/finding"
+	"github.com/netdoctor/netdoctor/internal/lab"
+	"github.com/netdoctor/netdoctor/internal/testutil"
 )
 
 // Snapshots captured from the flannel-like lab node of the rules' end-to-end test.
@@ -135,6 +137,30 @@ func TestNodeCheckBadInput(t *testing.T) {
 		code, _, errs := run(tt.args...)
 		if code != cli.ExitError || !strings.Contains(errs, tt.want) {
 			t.Errorf("%v: exit %d stderr %q, want 2 and %q", tt.args, code, errs, tt.want)
+		}
+	}
+}
+
+func TestLabUpBadInput(t *testing.T) {
+	testutil.RequireRoot(t) // lab up refuses non-root first
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lab", "up", "--name", "tbad", "--underlay-cidr", "198.18.0.0"}, "--underlay-cidr"},
+		{[]string{"lab", "up", "--name", "tbad", "--underlay-cidr", "198.18.0.0/25"}, "needs at least a /24"},
+		{[]string{"lab", "up", "--name", "tbad", "--underlay-cidr", "198.18.128.0/24"}, "overlaps pod (cluster) CIDR"},
+		{[]string{"lab", "up", "--name", "tbad", "--cluster-cidr", "198.18.128.0/17", "--service-cidr", "198.18.200.0/24"}, "overlaps"},
+		{[]string{"lab", "up", "--name", "Bad_Name"}, "lab name"},
+		{[]string{"lab", "up", "--name", "tbad", "--proxy-mode", "ipvs"}, "proxy mode"},
+	}
+	for _, tt := range tests {
+		code, _, errs := run(tt.args...)
+		if code != cli.ExitError || !strings.Contains(errs, tt.want) {
+			t.Errorf("%v: exit %d stderr %q, want 2 and %q", tt.args, code, errs, tt.want)
+		}
+		if left, _ := lab.ListOwnedNetns("tbad"); len(left) != 0 {
+			t.Fatalf("%v created namespaces %v", tt.args, left)
 		}
 	}
 }

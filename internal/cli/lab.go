@@ -46,7 +46,7 @@ func labNameFlag(cmd *cobra.Command, name *string) {
 
 func newLabUp() *cobra.Command {
 	var c lab.Config
-	var cluster, service string
+	var underlay, cluster, service string
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -60,6 +60,11 @@ func newLabUp() *cobra.Command {
 				return UsageError("lab up needs root (network namespaces)")
 			}
 			var err error
+			if underlay != "" {
+				if c.UnderlayCIDR, err = netip.ParsePrefix(underlay); err != nil {
+					return UsageError("--underlay-cidr %q: %v", underlay, err)
+				}
+			}
 			if cluster != "" {
 				if c.ClusterCIDR, err = netip.ParsePrefix(cluster); err != nil {
 					return UsageError("--cluster-cidr %q: %v", cluster, err)
@@ -102,6 +107,7 @@ func newLabUp() *cobra.Command {
 	labNameFlag(cmd, &c.Name)
 	cmd.Flags().IntVar(&c.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	cmd.Flags().StringVar(&c.ProxyMode, "proxy-mode", "iptables", "kube-proxy mode: iptables or nftables")
+	cmd.Flags().StringVar(&underlay, "underlay-cidr", lab.DefaultUnderlayCIDR.String(), "nodes' network (the lab's root link, the nodes, the control plane, DNS and external hosts); at least a /24")
 	cmd.Flags().StringVar(&cluster, "cluster-cidr", lab.DefaultClusterCIDR.String(), "pod network (cluster CIDR)")
 	cmd.Flags().StringVar(&service, "service-cidr", lab.DefaultServiceCIDR.String(), "service CIDR")
 	cmd.Flags().BoolVar(&keep, "keep-on-failure", false, "leave a lab that failed to come up in place, for debugging")
