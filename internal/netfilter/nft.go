@@ -824,36 +824,46 @@ func compileVmap(tb *Table, raw json.RawMessage) (nftStmt, error) {
 		}
 	}
 	return func(t *tracer, st *tstate) []sres {
-		vals, ok, why := t.eval(key, st)
-		if why != "" {
-			return []sres{{st: st, kind: sUnknown, reason: why}}
-		}
-		if !ok {
-			return one(st, sBreak)
-		}
-		out := make([]sres, 0, len(vals))
-		for i, w := range vals {
-			s := st
-			note := ""
-			if len(vals) > 1 {
-				if i < len(vals)-1 {
-					if s = t.split(st); s == nil {
-						return []sres{{st: st, kind: sUnknown, reason: tooManyBranches}}
-					}
-				}
-				s.prob *= w.p
-				note = fmt.Sprintf(" (numgen %d, probability %.4g)", w.v[0].n, w.p)
-			}
+		label := func(w weighted) string { return fmt.Sprintf("numgen %d", w.v[0].n) }
+		return t.branchOn(key, st, label, func(s *tstate, w weighted, note string) sres {
 			idx := set.lookup(w.v)
 			if idx < 0 {
-				out = append(out, sres{st: s, kind: sBreak})
-				continue
+				return sres{st: s, kind: sBreak}
 			}
 			el := set.Elements[idx]
-			out = append(out, sres{st: s, kind: sVerdict, v: el.verdict, note: " via " + strings.Join(el.Key, " . ") + note})
-		}
-		return out
+			return sres{st: s, kind: sVerdict, v: el.verdict, note: " via " + strings.Join(el.Key, " . ") + note}
+		})
 	}, nil
+}
+
+// branchOn evaluates key on the packet and calls each once per value it can take, on its own
+// copy of the state when there are several (numgen, a map keyed on a random value), with the
+// value's probability applied and a note naming it (label) and the probability. A key that
+// cannot be evaluated gives unknown; one that does not apply to the packet, no match (break).
+func (t *tracer) branchOn(key *nexpr, st *tstate, label func(weighted) string, each func(s *tstate, w weighted, note string) sres) []sres {
+	vals, ok, why := t.eval(key, st)
+	if why != "" {
+		return []sres{{st: st, kind: sUnknown, reason: why}}
+	}
+	if !ok {
+		return one(st, sBreak)
+	}
+	out := make([]sres, 0, len(vals))
+	for i, w := range vals {
+		s := st
+		note := ""
+		if len(vals) > 1 {
+			if i < len(vals)-1 {
+				if s = t.split(st); s == nil {
+					return []sres{{st: st, kind: sUnknown, reason: tooManyBranches}}
+				}
+			}
+			s.prob *= w.p
+			note = fmt.Sprintf(" (%s, probability %.4g)", label(w), w.p)
+		}
+		out = append(out, each(s, w, note))
+	}
+	return out
 }
 
 func parseVerdictData(el NftElement) (*nftVerdict, error) {
@@ -966,43 +976,18 @@ func compileNftNAT(kind string, raw json.RawMessage) (nftStmt, error) {
 	if n.Addr != nil {
 		if key, entries, ok := compileNATMap(n.Addr); ok && n.Port == nil {
 			return func(t *tracer, st *tstate) []sres {
-				vals, ok, why := t.eval(key, st)
-				if why != "" {
-					return []sres{{st: st, kind: sUnknown, reason: why}}
-				}
-				if !ok {
-					return one(st, sBreak)
-				}
-				out := make([]sres, 0, len(vals))
-				for i, w := range vals {
-					s := st
-					note := ""
-					if len(vals) > 1 {
-						if i < len(vals)-1 {
-							if s = t.split(st); s == nil {
-								return []sres{{st: st, kind: sUnknown, reason: tooManyBranches}}
-							}
-						}
-						s.prob *= w.p
-						note = fmt.Sprintf(" (map key %s, probability %.4g)", rvKeyText(w.v), w.p)
-					}
-					found := false
+				label := func(w weighted) string { return "map key " + rvKeyText(w.v) }
+				return t.branchOn(key, st, label, func(s *tstate, w weighted, note string) sres {
 					for _, e := range entries {
 						if tupleMatch(e.key, w.v) {
 							if why := t.nat(s, k, e.addr, uint16(e.port)); why != "" {
-								out = append(out, sres{st: s, kind: sUnknown, reason: why})
-							} else {
-								out = append(out, sres{st: s, kind: sNATAccept, note: " -> " + natTo(k, s.pkt) + note})
+								return sres{st: s, kind: sUnknown, reason: why}
 							}
-							found = true
-							break
+							return sres{st: s, kind: sNATAccept, note: " -> " + natTo(k, s.pkt) + note}
 						}
 					}
-					if !found {
-						out = append(out, sres{st: s, kind: sBreak})
-					}
-				}
-				return out
+					return sres{st: s, kind: sBreak}
+				})
 			}, nil
 		}
 	}
