@@ -596,3 +596,23 @@ func TestTraceUnknownWithoutEnv(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceNATMapNumgen traces nft's "dnat to numgen random mod N map {...}" (captured from
+// nft 1.x in a namespace): one branch per numgen value, each with its probability and the map
+// key in the hit; a numgen value the map lacks is no NAT (the packet goes on untranslated).
+func TestTraceNATMapNumgen(t *testing.T) {
+	fs := []string{"natmap-numgen-nftables.json"}
+	runTraceCases(t, []traceCase{
+		{name: "three backends", files: fs, pkt: pod("198.19.0.20", "tcp", 80), flow: FlowInbound,
+			want: []string{"accept 198.18.1.5:40000>198.18.1.2:8080 p=0.333", "accept 198.18.1.5:40000>198.18.2.2:8080 p=0.333", "accept 198.18.1.5:40000>198.18.3.2:8080 p=0.333"},
+			check: func(t *testing.T, outs []Outcome) {
+				for _, o := range outs {
+					if h := o.Hits[len(o.Hits)-1]; !strings.Contains(h.Action, "map key") {
+						t.Errorf("hit %+v does not name the map key", h)
+					}
+				}
+			}},
+		{name: "a numgen value without a map entry is not translated", files: fs, pkt: pod("198.19.0.21", "tcp", 80), flow: FlowInbound,
+			want: []string{"accept 198.18.1.5:40000>198.18.1.2:8080 p=0.500", "accept 198.18.1.5:40000>198.19.0.21:80 p=0.500"}},
+	})
+}
