@@ -91,7 +91,7 @@ func Down(name, stateRoot string) (*DownReport, error) {
 	sort.Strings(names)
 
 	// 3. Any process still inside one of those namespaces is a lab process (pods, stragglers).
-	stopped, err := killInNamespaces(names)
+	stopped, err := KillInNamespaces(names)
 	rep.Stopped = append(rep.Stopped, stopped...)
 	if err != nil {
 		errs = append(errs, err)
@@ -143,9 +143,10 @@ func Down(name, stateRoot string) (*DownReport, error) {
 	return rep, errors.Join(errs...)
 }
 
-// killInNamespaces sends SIGTERM, then SIGKILL after a grace period, to every process whose
-// network namespace is one of the named ones, and waits until they are gone.
-func killInNamespaces(names []string) ([]string, error) {
+// KillInNamespaces sends SIGTERM, then SIGKILL after a grace period, to every process whose
+// network namespace is one of the named ones, and waits until they are gone. It returns what
+// it stopped, as "pid N (namespace)".
+func KillInNamespaces(names []string) ([]string, error) {
 	find := inNamespaces(names)
 	if find == nil {
 		return nil, nil

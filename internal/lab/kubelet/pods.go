@@ -388,6 +388,13 @@ func (k *Kubelet) killPod(r *podRuntime, p *corev1.Pod) {
 			_ = os.Remove(k.ctrStateFile(r, cr.name))
 		}
 	}
+	// Whatever still runs in the pod's namespace (a container an earlier kubelet started and
+	// this one never adopted) goes with it: deleting the name would leave it running, unseen.
+	if !p.Spec.HostNetwork {
+		if stopped, err := lab.KillInNamespaces([]string{lab.PodNetns(k.opts.Lab, r.id[:8])}); err != nil || len(stopped) > 0 {
+			k.log.Warn("stopped processes left in the pod's namespace", "pod", p.Namespace+"/"+p.Name, "stopped", stopped, "err", err)
+		}
+	}
 	if r.net != nil {
 		if err := TeardownPodNet(k.nh, *r.net); err != nil {
 			k.log.Warn("tear down pod network", "pod", p.Namespace+"/"+p.Name, "err", err)
