@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/netdoctor/netdoctor/internal/cluster"
 	"github.com/netdoctor/netdoctor/internal/namespace"
 	"github.com/netdoctor/netdoctor/internal/testutil"
@@ -51,19 +49,7 @@ func TestRunProbesInNamespaces(t *testing.T) {
 		}
 	}()
 	defer func() { _ = tl.Close() }()
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		if r.Question[0].Name == "web.prod.svc.cluster.local." {
-			rr, _ := dns.NewRR("web.prod.svc.cluster.local. 5 IN A 198.19.0.5")
-			m.Answer = append(m.Answer, rr)
-		} else {
-			m.Rcode = dns.RcodeNameError
-		}
-		_ = w.WriteMsg(m)
-	})}
-	go func() { _ = srv.ActivateAndServe() }()
-	defer func() { _ = srv.Shutdown() }()
+	testutil.ServeDNS(t, pc, map[string]string{"web.prod.svc.cluster.local.": "web.prod.svc.cluster.local. 5 IN A 198.19.0.5"})
 
 	plan := []cluster.Probe{
 		{ID: "icmp", Netns: cluster.FromHost, Kind: cluster.KindPodICMP, Target: "198.18.200.2"},

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/netdoctor/netdoctor/internal/namespace"
 	"github.com/netdoctor/netdoctor/internal/testutil"
 )
@@ -207,19 +205,7 @@ func TestUDPAndDNS(t *testing.T) {
 			_, _ = pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
 		}
 	}()
-	srv := &dns.Server{PacketConn: dc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		if r.Question[0].Name == "svc.test." {
-			rr, _ := dns.NewRR("svc.test. 30 IN A 198.18.10.9")
-			m.Answer = append(m.Answer, rr)
-		} else {
-			m.Rcode = dns.RcodeNameError
-		}
-		_ = w.WriteMsg(m)
-	})}
-	go func() { _ = srv.ActivateAndServe() }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
+	testutil.ServeDNS(t, dc, map[string]string{"svc.test.": "svc.test. 30 IN A 198.18.10.9"})
 
 	ctx := context.Background()
 	base := Options{Netns: testutil.Path(client), Interval: time.Millisecond, Timeout: 300 * time.Millisecond, Count: 3}
