@@ -3,7 +3,10 @@
 // versioned report that carries them (schema v1 of ARCHITECTURE.md).
 package finding
 
-import "sort"
+import (
+	"slices"
+	"sort"
+)
 
 // SchemaVersion is the version of the JSON report.
 const SchemaVersion = "v1"
@@ -135,4 +138,27 @@ func (r *Report) ExitCode() int {
 		return 1
 	}
 	return 0
+}
+
+// ProblemIDs returns the IDs of the report's critical and warning findings, sorted (an ID
+// found twice is there twice).
+func (r *Report) ProblemIDs() []string {
+	var ids []string
+	for _, f := range r.Findings {
+		if f.Severity == Critical || f.Severity == Warning {
+			ids = append(ids, f.ID)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Check returns the report's check with the given ID, and whether there is one.
+func (r *Report) Check(id string) (Check, bool) {
+	for _, c := range r.Checks {
+		if c.ID == id {
+			return c, true
+		}
+	}
+	return Check{}, false
 }

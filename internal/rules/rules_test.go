@@ -43,24 +43,12 @@ func evaluate(s *facts.NodeSnapshot, before *facts.NodeSnapshot, h rules.Hints) 
 }
 
 // problems returns the IDs of warning and critical findings, sorted.
-func problems(r *finding.Report) []string {
-	var ids []string
-	for _, f := range r.Findings {
-		if f.Severity == finding.Critical || f.Severity == finding.Warning {
-			ids = append(ids, f.ID)
-		}
-	}
-	slices.Sort(ids)
-	return ids
-}
+func problems(r *finding.Report) []string { return r.ProblemIDs() }
 
+// checkStatus returns the check with the ID (zero if there is none).
 func checkStatus(r *finding.Report, id string) finding.Check {
-	for _, c := range r.Checks {
-		if c.ID == id {
-			return c
-		}
-	}
-	return finding.Check{}
+	c, _ := r.Check(id)
+	return c
 }
 
 func findingOf(r *finding.Report, id string) *finding.Finding {
