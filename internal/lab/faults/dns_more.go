@@ -103,7 +103,7 @@ func healDNSPathDrop(ctx context.Context, t Target, d map[string]string) error {
 	return nil
 }
 
-// probeExtra runs the probe kinds of tunnel.go and dns_more.go.
+// probeExtra runs the probe kinds of tunnel.go and dns_more.go, then conntrack.go's.
 func (p *Prober) probeExtra(ctx context.Context, kind ProbeKind, src, dst PodRef) error {
 	switch kind {
 	case PodUDPArrives:
@@ -116,5 +116,5 @@ func (p *Prober) probeExtra(ctx context.Context, kind ProbeKind, src, dst PodRef
 		_, err = Resolve(ctx, src.Netns, conf, lab.SampleName+"."+ServiceNamespace)
 		return err
 	}
-	return fmt.Errorf("unknown probe kind %q", kind)
+	return p.probeConntrack(ctx, kind, src.Node) // more kinds: conntrack.go
 }
