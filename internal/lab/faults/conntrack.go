@@ -295,7 +295,17 @@ func RunDNSRace(ctx context.Context, o DNSRaceOptions) error {
 		}
 		sas[i] = &unix.SockaddrInet4{Port: int(s.Port()), Addr: s.Addr().As4()}
 	}
-	cpus, err := twoCPUs()
+	// Worker 0 is this goroutine, on this thread from now on: the sockets are made here, in
+	// this thread's network namespace (a socket keeps the namespace it was made in, whichever
+	// thread sends on it).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var saved unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &saved); err != nil {
+		return fmt.Errorf("dns race: read CPU affinity: %w", err)
+	}
+	defer func() { _ = unix.SchedSetaffinity(0, &saved) }() // the thread goes back to the pool
+	cpus, err := twoCPUs(saved)
 	if err != nil {
 		return err
 	}
@@ -328,8 +338,6 @@ func RunDNSRace(ctx context.Context, o DNSRaceOptions) error {
 		return err
 	}
 	defer close(start)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	if err := pinThread(cpus[0]); err != nil {
 		return err
 	}
@@ -405,12 +413,8 @@ func readAnswers(fd, n int, timeout time.Duration) int {
 	return got
 }
 
-// twoCPUs returns two CPUs this process may run on.
-func twoCPUs() ([2]int, error) {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return [2]int{}, fmt.Errorf("dns race: read CPU affinity: %w", err)
-	}
+// twoCPUs returns the first two CPUs of set.
+func twoCPUs(set unix.CPUSet) ([2]int, error) {
 	var out []int
 	for c := 0; c < 1024 && len(out) < 2; c++ {
 		if set.IsSet(c) {
