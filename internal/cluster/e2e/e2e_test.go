@@ -30,7 +30,8 @@ import (
 var lab struct {
 	bin        string // the netdoctor binary
 	kubeconfig string
-	skip       string
+	skip       string // why the tests cannot run here (no root, -short, no lab binary)
+	fail       string // why they could not run where they should: every test fails with it
 	tmp        string
 	state      string // the lab's state root
 	up         bool
@@ -70,7 +71,7 @@ func setup() {
 	_ = os.Setenv("NETDOCTOR_K8S_BIN", k8s)
 	tmp, err := os.MkdirTemp("", "ndt-cd-e2e-")
 	if err != nil {
-		lab.skip = err.Error()
+		lab.fail = "make a temporary directory: " + err.Error()
 		return
 	}
 	lab.tmp = tmp
@@ -78,7 +79,7 @@ func setup() {
 	if _, err := os.Stat(lab.bin); lab.bin == "" || err != nil {
 		lab.bin = filepath.Join(tmp, "netdoctor")
 		if out, err := exec.Command("go", "build", "-o", lab.bin, "../../../cmd/netdoctor").CombinedOutput(); err != nil {
-			lab.skip = fmt.Sprintf("skipped: build netdoctor: %v\n%s", err, out)
+			lab.fail = fmt.Sprintf("build netdoctor: %v\n%s", err, out)
 			return
 		}
 	}
@@ -100,7 +101,9 @@ func setup() {
 	defer cancel()
 	l, err := labpkg.Up(ctx, cfg, labpkg.UpOptions{})
 	if err != nil {
-		lab.skip = "skipped: the lab did not come up: " + err.Error()
+		// Up removed what it had built; a lab of this name that another run keeps is
+		// not this one's to remove (teardown only downs a lab this run brought up).
+		lab.fail = "the lab did not come up: " + err.Error()
 		return
 	}
 	lab.up = true
@@ -112,7 +115,7 @@ func teardown() {
 	if lab.kubeconfig != "" {
 		_, _, _ = run(2*time.Minute, "uninstall", "--kubeconfig", lab.kubeconfig)
 	}
-	if lab.up || lab.state != "" {
+	if lab.up {
 		_, _ = labpkg.Down(labName, lab.state)
 	}
 	if lab.tmp != "" {
@@ -142,6 +145,9 @@ func needLab(t *testing.T) {
 	t.Helper()
 	if lab.skip != "" {
 		t.Skip(lab.skip)
+	}
+	if lab.fail != "" {
+		t.Fatal(lab.fail)
 	}
 }
 

@@ -71,13 +71,14 @@ func TestLabMoreFaults(t *testing.T) {
 			UnderlayCIDR: netip.MustParsePrefix("198.18.17.0/24"), ClusterCIDR: netip.MustParsePrefix("198.18.192.0/18"),
 			ServiceCIDR: netip.MustParsePrefix("198.19.192.0/18")}.WithDefaults()
 		ok := t.Run(mode, func(t *testing.T) {
-			t.Cleanup(func() { _, _ = lab.Down(name, root) })
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 			defer cancel()
 			l, err := lab.Up(ctx, c, lab.UpOptions{Progress: func(s string) { t.Log(s) }})
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Only now: a lab this run did not bring up (another run's, live) is not this test's to remove.
+			t.Cleanup(func() { _, _ = lab.Down(name, root) })
 			for _, f := range faults.All() {
 				if want(f, mode) {
 					t.Run(f.ID, func(t *testing.T) {

@@ -69,7 +69,6 @@ func TestLab(t *testing.T) {
 		name := "e2e" + mode[:3]
 		c := lab.Config{Name: name, Nodes: 3, ProxyMode: mode, StateRoot: root, K8sBin: k8s, SelfBin: self}.WithDefaults()
 		ok := t.Run(mode, func(t *testing.T) {
-			t.Cleanup(func() { _, _ = lab.Down(name, root) })
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
 			begin := time.Now()
@@ -77,6 +76,8 @@ func TestLab(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Only now: a lab this run did not bring up (another run's, live) is not this test's to remove.
+			t.Cleanup(func() { _, _ = lab.Down(name, root) })
 			t.Logf("lab up in %s", time.Since(begin).Round(100*time.Millisecond))
 			healthy(t, ctx, l)
 			if mode == "iptables" {

@@ -35,13 +35,14 @@ func TestLabSourceMismatchAndDNSPath(t *testing.T) {
 	c := lab.Config{Name: name, Nodes: 3, ProxyMode: "iptables", StateRoot: root, K8sBin: k8s, SelfBin: self,
 		UnderlayCIDR: netip.MustParsePrefix("198.18.24.0/24"), ClusterCIDR: netip.MustParsePrefix("198.18.160.0/19"),
 		ServiceCIDR: netip.MustParsePrefix("198.19.160.0/19")}.WithDefaults()
-	t.Cleanup(func() { _, _ = lab.Down(name, root) })
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, c, lab.UpOptions{Progress: func(s string) { t.Log(s) }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Only now: a lab this run did not bring up (another run's, live) is not this test's to remove.
+	t.Cleanup(func() { _, _ = lab.Down(name, root) })
 	if arpAnnounceBefore, err = lab.GetSysctl(lab.NetnsPrefix(name)+"node2", arpAnnounce); err != nil {
 		t.Fatal(err)
 	}
