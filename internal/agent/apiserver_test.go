@@ -41,7 +41,8 @@ var apiServer struct {
 	netns   string // name
 	admin   kubernetes.Interface
 	rc      *rest.Config
-	skip    string
+	skip    string // why the control plane cannot run here (no lab binary)
+	fail    string // why it did not start where it should have: tests fail with it
 	tmp     string
 	started time.Duration
 }
@@ -71,6 +72,9 @@ func needAPIServer(t testing.TB) {
 	if apiServer.skip != "" {
 		t.Skip(apiServer.skip)
 	}
+	if apiServer.fail != "" {
+		t.Fatal(apiServer.fail)
+	}
 }
 
 func startAPIServer() {
@@ -91,7 +95,7 @@ func startAPIServer() {
 	_, _ = rand.Read(b)
 	ns := "ndt-cd-api-" + hex.EncodeToString(b)
 	if err := namespace.Create(ns); err != nil {
-		apiServer.skip = "create netns: " + err.Error()
+		apiServer.fail = "create netns: " + err.Error()
 		return
 	}
 	apiServer.netns = ns
@@ -100,27 +104,27 @@ func startAPIServer() {
 	defer cancel()
 	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"addr", "add", controlplane.DefaultAdvertiseIP + "/32", "dev", "lo"}} {
 		if _, err := command.Run(ctx, command.Cmd{Name: "ip", Args: args, Netns: path}); err != nil {
-			apiServer.skip = "set up netns: " + err.Error()
+			apiServer.fail = "set up netns: " + err.Error()
 			return
 		}
 	}
 	tmp, err := os.MkdirTemp("", "ndt-cd-api-")
 	if err != nil {
-		apiServer.skip = err.Error()
+		apiServer.fail = err.Error()
 		return
 	}
 	apiServer.tmp = tmp
 	start := time.Now()
 	cp, err := controlplane.Start(context.Background(), controlplane.Config{StateDir: tmp, K8sBin: bin, Netns: path})
 	if err != nil {
-		apiServer.skip = "control plane did not start: " + err.Error()
+		apiServer.fail = "control plane did not start: " + err.Error()
 		return
 	}
 	apiServer.started = time.Since(start)
 	apiServer.cp = cp
 	rc, err := cp.RESTConfig()
 	if err != nil {
-		apiServer.skip = err.Error()
+		apiServer.fail = err.Error()
 		return
 	}
 	apiServer.rc = rc
@@ -128,7 +132,7 @@ func startAPIServer() {
 	ictx, icancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer icancel()
 	if err := install.Apply(ictx, apiServer.admin, install.Objects(install.Options{})); err != nil {
-		apiServer.skip = "install: " + err.Error()
+		apiServer.fail = "install: " + err.Error()
 	}
 }
 
@@ -354,7 +358,7 @@ func needBinary(t *testing.T) string {
 		netdoctorBin.path = out
 	})
 	if netdoctorBin.err != nil {
-		t.Skipf("skipped: %v", netdoctorBin.err)
+		t.Fatal(netdoctorBin.err)
 	}
 	return netdoctorBin.path
 }

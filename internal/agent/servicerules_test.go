@@ -13,11 +13,11 @@ import (
 func TestExtractServiceNAT(t *testing.T) {
 	ipt, err := os.ReadFile("../netfilter/testdata/kube-proxy-iptables.save")
 	if err != nil {
-		t.Skipf("fixture missing: %v", err)
+		t.Fatalf("fixture: %v", err)
 	}
 	nft, err := os.ReadFile("../netfilter/testdata/kube-proxy-nftables.json")
 	if err != nil {
-		t.Skipf("fixture missing: %v", err)
+		t.Fatalf("fixture: %v", err)
 	}
 	for _, tc := range []struct {
 		name, mode string

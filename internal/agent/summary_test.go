@@ -14,7 +14,7 @@ import (
 func TestSummarizeKubeProxyClusterCIDRFromRules(t *testing.T) {
 	ipt, err := os.ReadFile("../netfilter/testdata/kube-proxy-iptables.save")
 	if err != nil {
-		t.Skipf("fixture missing: %v", err)
+		t.Fatalf("fixture: %v", err)
 	}
 	snap := &facts.NodeSnapshot{
 		Netfilter: facts.Netfilter{IptablesNft: string(ipt)},
