@@ -45,7 +45,7 @@ func binaries(t *testing.T) (k8s, self string) {
 		self = filepath.Join(t.TempDir(), "netdoctor")
 		out, err := exec.Command("go", "build", "-o", self, "github.com/netdoctor/netdoctor/cmd/netdoctor").CombinedOutput()
 		if err != nil {
-			t.Skipf("skipped: cannot build netdoctor for the lab's kubelets: %v\n%s", err, out)
+			t.Fatalf("build netdoctor for the lab's kubelets: %v\n%s", err, out)
 		}
 	}
 	return k8s, self
