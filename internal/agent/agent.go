@@ -51,6 +51,31 @@ type Agent struct {
 
 	mu   sync.Mutex
 	done map[string]bool
+
+	prevMu sync.Mutex
+	prev   *facts.NodeSnapshot // the counters of the last collection (countersOf)
+}
+
+// swapCounters stores the counters of snap for the next analysis and returns those of the
+// previous one (nil on the first). With them the node rules tell counters rising since the
+// last check (conntrack insert_failed/drop, interface and softnet drops) from a node's
+// history since boot.
+func (a *Agent) swapCounters(snap *facts.NodeSnapshot) *facts.NodeSnapshot {
+	a.prevMu.Lock()
+	defer a.prevMu.Unlock()
+	prev := a.prev
+	a.prev = countersOf(snap)
+	return prev
+}
+
+// countersOf is the part of a snapshot the node rules compare between two collections:
+// its time, conntrack statistics, softnet statistics and each link's counters.
+func countersOf(s *facts.NodeSnapshot) *facts.NodeSnapshot {
+	c := &facts.NodeSnapshot{Version: s.Version, Node: s.Node, CollectedAt: s.CollectedAt, Conntrack: s.Conntrack, Softnet: s.Softnet}
+	for _, l := range s.Links {
+		c.Links = append(c.Links, facts.Link{Index: l.Index, Name: l.Name, Type: l.Type, Stats: l.Stats})
+	}
+	return c
 }
 
 // Run watches requests until ctx ends, answering each request for this
@@ -190,7 +215,7 @@ func Analyze(ctx context.Context, a *Agent, req *Request) *cluster.AgentResult {
 	if snap != nil {
 		res.Summary = Summarize(a.Node, snap, req.Hints)
 		if req.Wants(CheckNode) {
-			in := &rules.Input{Node: snap, Hints: ruleHints(a.Node, req.Hints)}
+			in := &rules.Input{Node: snap, Before: a.swapCounters(snap), Hints: ruleHints(a.Node, req.Hints)}
 			rep := rules.Evaluate(in)
 			res.Findings, res.Checks = rep.Findings, rep.Checks
 		}
