@@ -135,10 +135,16 @@ func conntrackQuiet(ctx context.Context, netnsPath string, window time.Duration)
 // udpDispatched reports whether a kube-proxy dump sends ClusterIP ip, UDP port 53, to its
 // service chain.
 func udpDispatched(rules, mode, ip string) bool {
-	if mode == "nftables" {
-		return strings.Contains(rules, ip+" . udp . 53 : goto service-")
-	}
 	for _, line := range strings.Split(rules, "\n") {
+		if mode == "nftables" {
+			// An element of the service-ips map: "198.19.0.10 . udp . 53 : goto service-...",
+			// the first one after "elements = { ".
+			el := strings.TrimPrefix(strings.TrimSpace(line), "elements = { ")
+			if strings.HasPrefix(el, ip+" . udp . 53 : goto service-") {
+				return true
+			}
+			continue
+		}
 		if strings.HasPrefix(line, "-A KUBE-SERVICES ") && strings.Contains(line, "-d "+ip+"/32") &&
 			strings.Contains(line, "-p udp") && strings.Contains(line, "--dport 53") && strings.Contains(line, "-j KUBE-SVC-") {
 			return true
