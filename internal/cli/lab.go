@@ -36,7 +36,7 @@ only, refuses to start if that overlaps the host's networks, and adds exactly on
 address to the root namespace. Faults of the catalog can be injected and healed.`,
 	}
 	cmd.AddCommand(newLabUp(), newLabDown(), newLabStatus(), newLabFaults(), newLabInject(), newLabHeal(), newLabDemo(),
-		newLabKubelet(), newLabPodexec(), newLabServe(), newLabDNSRace())
+		newLabKubelet(), newLabPodexec(), newLabServe(), newLabDNSRace(), newLabPortFill(), newLabNICQueue())
 	return cmd
 }
 

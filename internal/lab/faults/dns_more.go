@@ -115,6 +115,8 @@ func (p *Prober) probeExtra(ctx context.Context, kind ProbeKind, src, dst PodRef
 		}
 		_, err = Resolve(ctx, src.Netns, conf, lab.SampleName+"."+ServiceNamespace)
 		return err
+	case NodeTCPExt, NodeDropsQuiet, PodPingBurst:
+		return p.probeCapacity(ctx, kind, src, dst) // capacity.go
 	}
 	return p.probeConntrack(ctx, kind, src.Node) // more kinds: conntrack.go
 }
