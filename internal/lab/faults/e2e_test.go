@@ -282,6 +282,7 @@ func statusJSON(t *testing.T, self, root, name string) {
 	// A container the kubelet is restarting shows as not alive for a moment:
 	// every process must be alive in one of a few reads.
 	var dead []string
+	var deadProcs []lab.ProcessStatus
 	for attempt := 0; attempt < 10; attempt++ {
 		if attempt > 0 {
 			time.Sleep(time.Second)
@@ -299,10 +300,11 @@ func statusJSON(t *testing.T, self, root, name string) {
 		if s.Kubeconfig == "" || len(s.Nodes) != 3 || s.Nodes[0].Netns == "" || s.Nodes[0].PodCIDR == "" || len(s.Processes) < 10 {
 			t.Fatalf("lab status: %+v", s)
 		}
-		dead = dead[:0]
+		dead, deadProcs = dead[:0], deadProcs[:0]
 		for _, p := range s.Processes {
 			if !p.Alive || p.LogFile == "" {
 				dead = append(dead, fmt.Sprintf("%+v", p))
+				deadProcs = append(deadProcs, p)
 			}
 		}
 		if len(dead) == 0 {
@@ -310,6 +312,28 @@ func statusJSON(t *testing.T, self, root, name string) {
 		}
 	}
 	t.Errorf("processes not alive or without a log file after 10 reads of lab status: %v", dead)
+	// The evidence for whoever reads the failure: the end of each one's log, and what the
+	// kubelets said about it.
+	for _, p := range deadProcs {
+		if b, err := os.ReadFile(p.LogFile); err == nil {
+			t.Logf("end of %s:\n%s", p.LogFile, tail(string(b), 20))
+		}
+	}
+	kubeletLogs, _ := filepath.Glob(filepath.Join(root, name, "logs", "kubelet-*.log"))
+	for _, f := range kubeletLogs {
+		if b, err := os.ReadFile(f); err == nil {
+			t.Logf("end of %s:\n%s", f, tail(string(b), 30))
+		}
+	}
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func downLeavesNothing(t *testing.T, l *lab.Lab, root string) {
