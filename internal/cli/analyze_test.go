@@ -164,3 +164,19 @@ func TestLabUpBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestLabLoadProgramsRefuseTheHostNamespace: the fault clients run only inside lab
+// namespaces; in the machine's own they stop before sending anything, exit 2.
+func TestLabLoadProgramsRefuseTheHostNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, args := range [][]string{
+		{"lab", "portfill", "--to", "198.18.0.100:80"},
+		{"lab", "nicqueue", "--to", "198.18.0.100:9"},
+		{"lab", "dnsrace", "--server", "198.19.0.10:53", "--server", "198.19.0.11:53"},
+	} {
+		code, _, errs := run(args...)
+		if code != cli.ExitError || !strings.Contains(errs, "runs only inside a lab network namespace") {
+			t.Errorf("%v in the host namespace: exit %d stderr %q, want 2 and a refusal", args, code, errs)
+		}
+	}
+}

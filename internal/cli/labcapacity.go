@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/netdoctor/netdoctor/internal/lab"
 	"github.com/netdoctor/netdoctor/internal/lab/faults"
 )
 
@@ -18,6 +19,9 @@ func newLabPortFill() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.RequireLabNetns("lab portfill"); err != nil {
+				return UsageError("%v", err)
+			}
 			ap, err := netip.ParseAddrPort(to)
 			if err != nil {
 				return UsageError("--to %q: %v", to, err)
@@ -44,6 +48,9 @@ func newLabNICQueue() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.RequireLabNetns("lab nicqueue"); err != nil {
+				return UsageError("%v", err)
+			}
 			ap, err := netip.ParseAddrPort(to)
 			if err != nil {
 				return UsageError("--to %q: %v", to, err)

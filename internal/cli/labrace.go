@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/netdoctor/netdoctor/internal/lab"
 	"github.com/netdoctor/netdoctor/internal/lab/faults"
 )
 
@@ -18,6 +19,9 @@ func newLabDNSRace() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.RequireLabNetns("lab dnsrace"); err != nil {
+				return UsageError("%v", err)
+			}
 			if len(servers) != 2 {
 				return UsageError("dnsrace needs exactly two --server, got %d", len(servers))
 			}

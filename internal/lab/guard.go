@@ -157,3 +157,17 @@ func inInitialNetns() (bool, error) {
 	}
 	return true, nil
 }
+
+// RequireLabNetns refuses to go on in the machine's own network namespace: the lab's load
+// programs (the fault clients `lab portfill`, `lab nicqueue`, `lab dnsrace`) run only inside
+// the lab's node and pod namespaces, never against the host's network.
+func RequireLabNetns(program string) error {
+	host, err := inInitialNetns()
+	if err != nil {
+		return err
+	}
+	if host {
+		return fmt.Errorf("%s runs only inside a lab network namespace (the lab starts it there); it is in the machine's own", program)
+	}
+	return nil
+}
