@@ -276,13 +276,14 @@ func healthCheck(ctx context.Context, netns, url string) cluster.HealthCheck {
 // and that lag is not a fault.
 func (a *Agent) serviceRules(ctx context.Context, snap *facts.NodeSnapshot, res *cluster.AgentResult) {
 	for attempt := 0; ; attempt++ {
-		mode, rules, differs, err := a.fingerprint(ctx, snap)
+		mode, rules, differ, err := a.fingerprint(ctx, snap)
 		if err != nil {
 			res.ServiceRulesError = err.Error()
 			return
 		}
 		res.ServiceRulesMode, res.ServiceRules = mode, rules
-		if !differs || attempt == 1 {
+		res.ServiceRulesCompared, res.ServiceRulesDiffer = true, differ
+		if len(differ) == 0 || attempt == 1 {
 			return
 		}
 		select {
@@ -302,38 +303,39 @@ func (a *Agent) serviceRules(ctx context.Context, snap *facts.NodeSnapshot, res 
 // kube-proxy's default minSyncPeriod (1 s).
 const kubeProxySyncWait = 2 * time.Second
 
-// fingerprint reads the Service NAT of snap and the API's view, and says
-// whether they differ anywhere.
-func (a *Agent) fingerprint(ctx context.Context, snap *facts.NodeSnapshot) (string, []cluster.ServiceRule, bool, error) {
+// fingerprint reads the Service NAT of snap and the API's view, and lists the Service ports
+// ("ns/name port/proto") where they differ, sorted.
+func (a *Agent) fingerprint(ctx context.Context, snap *facts.NodeSnapshot) (string, []cluster.ServiceRule, []string, error) {
 	mode, nat, err := ExtractServiceNAT(snap)
 	if err != nil {
-		return "", nil, false, err
+		return "", nil, nil, err
 	}
 	svcs, err := a.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return "", nil, false, fmt.Errorf("list services: %w", err)
+		return "", nil, nil, fmt.Errorf("list services: %w", err)
 	}
 	slices, err := a.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return "", nil, false, fmt.Errorf("list endpointslices: %w", err)
+		return "", nil, nil, fmt.Errorf("list endpointslices: %w", err)
 	}
 	api := cluster.FromLists(svcs, slices)
 	expected := cluster.ExpectedServiceRules(api)
 	rules := ServiceFingerprints(nat, api.Services, expected)
 	have := map[string]bool{}
-	differs := false
+	var differ []string
 	for _, r := range rules {
 		have[r.Key()] = true
 		if len(r.Targets) > 0 {
-			differs = true
+			differ = append(differ, r.Key())
 		}
 	}
 	for _, e := range expected {
 		if !have[e.Key()] {
-			differs = true
+			differ = append(differ, e.Key())
 		}
 	}
-	return mode, rules, differs, nil
+	sort.Strings(differ)
+	return mode, rules, differ, nil
 }
 
 // probe runs this node's probes; pod-netns probes run in the netns of the

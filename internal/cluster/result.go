@@ -34,7 +34,13 @@ type AgentResult struct {
 	ServiceRules      []ServiceRule `json:"serviceRules,omitempty"`
 	ServiceRulesMode  string        `json:"serviceRulesMode,omitempty"` // iptables, nftables, ipvs
 	ServiceRulesError string        `json:"serviceRulesError,omitempty"`
-	Probes            []ProbeResult `json:"probes,omitempty"`
+	// ServiceRulesCompared says the agent compared the node's rules with its own read of the
+	// API (after giving kube-proxy time to sync a difference); ServiceRulesDiffer are the
+	// Service ports ("ns/name port/proto") that still differed then. A Service port the CLI's
+	// later read of the API finds different but the agent did not changed while the check ran.
+	ServiceRulesCompared bool          `json:"serviceRulesCompared,omitempty"`
+	ServiceRulesDiffer   []string      `json:"serviceRulesDiffer,omitempty"`
+	Probes               []ProbeResult `json:"probes,omitempty"`
 	// PodResolv are the verdicts on the node's pods' resolv.conf.
 	PodResolv []PodResolv `json:"podResolv,omitempty"`
 	// Errors lists sections the agent could not produce, with the reason.

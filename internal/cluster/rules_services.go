@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -370,13 +371,19 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			have[sr.Key()] = sr
 		}
 		var ev []string
-		var subjects, recent []string
+		var subjects, recent, churn []string
 		for _, k := range keys {
 			want := exp[k]
 			got, ok := have[k]
-			if (!ok || got.Hash != expHash[k]) && recentlyChanged(changedAt[k], in.Cluster.CollectedAt) {
+			differs := !ok || got.Hash != expHash[k]
+			if differs && recentlyChanged(changedAt[k], in.Cluster.CollectedAt) {
 				// kube-proxy may simply not have synced this change yet.
 				recent = append(recent, k)
+				continue
+			}
+			if differs && a.ServiceRulesCompared && !slices.Contains(a.ServiceRulesDiffer, k) {
+				// The node agreed with the API as the agent read it: the API changed since.
+				churn = append(churn, k)
 				continue
 			}
 			switch {
@@ -399,9 +406,17 @@ func ruleServiceRulesMissing(in *Input, r *Rule) ([]finding.Finding, []finding.C
 			}
 		}
 		if len(ev) == 0 {
+			var why []string
 			if len(recent) > 0 {
-				cs = append(cs, r.check(n, finding.Skipped, fmt.Sprintf("%d Service port(s) created less than %s before the check and differ on %s (%s): kube-proxy may not have synced them yet; run the check again",
-					len(recent), SyncGrace, n, strings.Join(recent, ", "))))
+				why = append(why, fmt.Sprintf("%d Service port(s) created less than %s before the check and differ on %s (%s): kube-proxy may not have synced them yet",
+					len(recent), SyncGrace, n, strings.Join(recent, ", ")))
+			}
+			if len(churn) > 0 {
+				why = append(why, fmt.Sprintf("%d Service port(s) matched %s's rules when its agent compared them with the API, and changed in the API since (%s)",
+					len(churn), n, strings.Join(churn, ", ")))
+			}
+			if len(why) > 0 {
+				cs = append(cs, r.check(n, finding.Skipped, strings.Join(why, "; ")+"; run the check again"))
 				continue
 			}
 			cs = append(cs, r.check(n, finding.Pass, ""))

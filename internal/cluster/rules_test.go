@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -423,4 +424,46 @@ func TestServiceRulesMissingGraceAfterChange(t *testing.T) {
 	if !found {
 		t.Fatal("no service-rules-missing check for node-1")
 	}
+}
+
+// An endpoint the API gained after the agents compared their node's rules with it: every
+// node's rules lack it, but each agent found its node in step with the API it read, so the
+// check is skipped (the API changed while the check ran). An agent that still saw the
+// difference after its wait is believed: a finding.
+func TestServiceRulesMissingChurnDuringCheck(t *testing.T) {
+	s := healthy()
+	spec := BuildSpec(s, SpecOptions{ExternalName: "www.example.lab"})
+	a := healthyAgents(s, spec)
+	s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
+	for i := range s.EndpointSlices {
+		s.EndpointSlices[i].Created = s.CollectedAt.Add(-2 * time.Minute)
+		if s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Service == "web/web" {
+			e := s.EndpointSlices[i].Endpoints[0]
+			e.Addresses = []string{"198.18.131.77"}
+			s.EndpointSlices[i].Endpoints = append(s.EndpointSlices[i].Endpoints, e)
+		}
+	}
+	for _, r := range a {
+		r.ServiceRulesCompared = true
+	}
+	a["node-2"].ServiceRulesDiffer = []string{"web/web 80/TCP"}
+	rep := Reduce(s, spec, a, nil)
+	var got []string
+	for _, f := range rep.Findings {
+		if f.ID == "service-rules-missing" {
+			got = append(got, f.Node)
+		}
+	}
+	if !slices.Equal(got, []string{"node-2"}) {
+		t.Fatalf("service-rules-missing findings on %v, want node-2 only (its agent saw the difference)", got)
+	}
+	for _, c := range rep.Checks {
+		if c.ID == "service-rules-missing" && c.Node == "node-1" {
+			if c.Status != finding.Skipped || !strings.Contains(c.Reason, "changed in the API since") {
+				t.Fatalf("check on node-1: %s %q, want skipped (the API changed during the check)", c.Status, c.Reason)
+			}
+			return
+		}
+	}
+	t.Fatal("no service-rules-missing check for node-1")
 }

@@ -193,7 +193,7 @@ func serious(r *checkReport) []string {
 	var out []string
 	for _, f := range r.Findings {
 		if f.Severity == "critical" || f.Severity == "warning" {
-			out = append(out, f.ID+"@"+f.Node+": "+f.Message)
+			out = append(out, f.ID+"@"+f.Node+": "+f.Message+"\n\t"+strings.Join(f.Evidence, "\n\t"))
 		}
 	}
 	return out
