@@ -18,7 +18,7 @@ var moreGroups = map[string]bool{"host": true, "dns": true, "service": true, "ku
 
 // modeDependent are the faults whose injection depends on kube-proxy's mode: proven in both.
 var modeDependent = map[string]bool{
-	"service-rules-missing": true, "kube-proxy-not-running": true, "kube-proxy-not-critical": true,
+	"service-rules-missing": true, "service-no-endpoints": true, "kube-proxy-not-running": true, "kube-proxy-not-critical": true,
 	"kube-proxy-cluster-cidr-missing": true, "kube-proxy-cluster-cidr-wrong": true,
 	"conntrack-insert-failed": true, // its race goes through kube-proxy's DNAT of two ClusterIPs
 }

@@ -216,7 +216,8 @@ func NewTarget(l *lab.Lab, node string) (Target, error) {
 	return Target{Lab: l, Node: node, Peer: PeerOf(l, node)}, nil
 }
 
-// Inject injects fault id on node ("" = DefaultNode) and records it.
+// Inject injects fault id on node ("" = DefaultNode) and records it. When the injection
+// fails it is undone (the fault's Heal, with what Inject returned) and nothing is recorded.
 func Inject(ctx context.Context, l *lab.Lab, id, node string) (*Injected, error) {
 	f, ok := Get(id)
 	if !ok {
@@ -243,6 +244,12 @@ func Inject(ctx context.Context, l *lab.Lab, id, node string) (*Injected, error)
 		err = errors.Join(err, ferr)
 	}
 	if err != nil {
+		// Undo what the injection did before it failed: it is not recorded as injected, so
+		// no later heal would (a half-made fault left a Service's target port changed).
+		if herr := f.Heal(ctx, t, data); herr != nil {
+			err = errors.Join(err, fmt.Errorf("undo the partial injection: %w", herr))
+		}
+		_ = flushPendingNeighbours(l)
 		return nil, fmt.Errorf("inject %s on %s: %w", id, t.Node, err)
 	}
 	in := Injected{ID: id, Node: t.Node, Peer: t.Peer, Data: data, At: time.Now().UTC()}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -97,7 +98,7 @@ func sampleService(ctx context.Context, l *lab.Lab) (*corev1.Service, error) {
 
 // setTargetPort sets the target port of the sample Service's first port and waits until
 // every node's kube-proxy rules DNAT to that port.
-func setTargetPort(ctx context.Context, l *lab.Lab, tp intstr.IntOrString, ruleMark string) (intstr.IntOrString, error) {
+func setTargetPort(ctx context.Context, l *lab.Lab, tp intstr.IntOrString, port int) (intstr.IntOrString, error) {
 	svc, err := sampleService(ctx, l)
 	if err != nil {
 		return intstr.IntOrString{}, err
@@ -108,7 +109,7 @@ func setTargetPort(ctx context.Context, l *lab.Lab, tp intstr.IntOrString, ruleM
 		return old, fmt.Errorf("update service %s/%s: %w", ServiceNamespace, svc.Name, err)
 	}
 	return old, waitAllRules(ctx, l, fmt.Sprintf("kube-proxy rules of %s/%s with target port %s", ServiceNamespace, svc.Name, tp.String()),
-		func(rules string) bool { return strings.Contains(rules, ruleMark) })
+		func(rules string) bool { return dnatsToPort(rules, port) })
 }
 
 // waitAllRules waits until ok holds for the kube-proxy rules of every node.
@@ -128,16 +129,15 @@ func waitAllRules(ctx context.Context, l *lab.Lab, what string, ok func(rules st
 	})
 }
 
-// endpointPortMark is how a kube-proxy dump writes a DNAT to port on some endpoint.
-func endpointPortMark(mode string, port int) string {
-	if mode == "nftables" {
-		return fmt.Sprintf(":%d", port) // dnat to 198.18.65.3:8080
-	}
-	return fmt.Sprintf(":%d", port) // --to-destination 198.18.65.3:8080
+// dnatsToPort says whether a kube-proxy dump DNATs to port on some endpoint: iptables
+// `--to-destination 198.18.65.3:8080`, nftables `dnat to 198.18.65.3:8080` (one endpoint) or
+// `dnat ip to numgen random mod 3 map { 0 : 198.18.65.3 . 8080, ... }` (several).
+func dnatsToPort(rules string, port int) bool {
+	return regexp.MustCompile(fmt.Sprintf(`(:| \. )%d\b`, port)).MatchString(rules)
 }
 
 func injectWrongTargetPort(ctx context.Context, t Target) (map[string]string, error) {
-	old, err := setTargetPort(ctx, t.Lab, intstr.FromInt32(wrongTargetPort), endpointPortMark(t.Lab.State.Config.ProxyMode, wrongTargetPort))
+	old, err := setTargetPort(ctx, t.Lab, intstr.FromInt32(wrongTargetPort), wrongTargetPort)
 	b, _ := json.Marshal(old)
 	return map[string]string{"targetPort": string(b)}, err
 }
@@ -149,12 +149,12 @@ func healWrongTargetPort(ctx context.Context, t Target, d map[string]string) err
 			return fmt.Errorf("recorded target port %q: %w", s, err)
 		}
 	}
-	_, err := setTargetPort(ctx, t.Lab, tp, endpointPortMark(t.Lab.State.Config.ProxyMode, lab.SamplePort))
+	_, err := setTargetPort(ctx, t.Lab, tp, lab.SamplePort)
 	if err != nil {
 		return err
 	}
 	return waitAllRules(ctx, t.Lab, "no kube-proxy rule left with the wrong target port", func(rules string) bool {
-		return !strings.Contains(rules, endpointPortMark(t.Lab.State.Config.ProxyMode, wrongTargetPort))
+		return !dnatsToPort(rules, wrongTargetPort)
 	})
 }
 
