@@ -21,10 +21,12 @@ labbins:
 
 ## test: the whole test suite (root tests and the lab end to end included); one package at
 ## a time (-p 1): several packages bring up a lab, and labs running side by side on 2 cores
-## made their timing-sensitive checks flaky
+## made their timing-sensitive checks flaky. The cluster end to end runs once more with
+## kube-proxy in nftables mode (the lab's own e2e covers both modes in one run).
 test: build labbins
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+	NETDOCTOR_E2E_PROXY_MODE=nftables $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./internal/cluster/e2e/
 
 ## unit: tests that need neither root nor the lab binaries
 unit:

@@ -209,6 +209,22 @@ func endpointTargets(s *Snapshot, want map[string]bool) []EndpointTarget {
 	for i := range s.Services {
 		svcs[s.Services[i].Key()] = &s.Services[i]
 	}
+	// The TCP container ports each pod declares: an endpoint port a pod that declares ports
+	// does not declare is service-no-endpoints' targetPort mismatch, not a listener to probe.
+	declared := map[string]map[int32]bool{}
+	for _, p := range s.Pods {
+		for _, c := range p.Containers {
+			for _, cp := range c.Ports {
+				if cp.Protocol == "" || cp.Protocol == "TCP" {
+					k := p.Namespace + "/" + p.Name
+					if declared[k] == nil {
+						declared[k] = map[int32]bool{}
+					}
+					declared[k][cp.Port] = true
+				}
+			}
+		}
+	}
 	per := map[string]int{}
 	var out []EndpointTarget
 	seen := map[string]bool{}
@@ -223,6 +239,9 @@ func endpointTargets(s *Snapshot, want map[string]bool) []EndpointTarget {
 			}
 			for _, port := range e.Ports {
 				if port.Protocol != "" && port.Protocol != "TCP" {
+					continue
+				}
+				if d := declared[ep.Pod]; len(d) > 0 && !d[port.Port] {
 					continue
 				}
 				for _, a := range ep.Addresses {

@@ -467,3 +467,25 @@ func TestServiceRulesMissingChurnDuringCheck(t *testing.T) {
 	}
 	t.Fatal("no service-rules-missing check for node-1")
 }
+
+// A Service whose numeric targetPort no selected pod declares keeps its endpoints (the
+// EndpointSlice controller resolves numbers blindly): that is service-no-endpoints' case,
+// not a listener to probe on every node (endpoint-not-listening would repeat it per pod).
+func TestEndpointProbesSkipUndeclaredTargetPorts(t *testing.T) {
+	s := healthy()
+	before := BuildSpec(s, SpecOptions{})
+	for i := range s.EndpointSlices {
+		for j := range s.EndpointSlices[i].Ports {
+			s.EndpointSlices[i].Ports[j].Port = 8089
+		}
+	}
+	after := BuildSpec(s, SpecOptions{})
+	for _, e := range after.Endpoints {
+		if e.Pod != "" && strings.HasSuffix(e.Addr, ":8089") { // a pod unknown to the API snapshot cannot be judged
+			t.Fatalf("endpoint probe of an undeclared target port: %+v", e)
+		}
+	}
+	if len(before.Endpoints) == 0 || len(after.Endpoints) == 0 {
+		t.Fatalf("endpoint probes before %d, after %d: want some in both (the pods' declared ports stay probed)", len(before.Endpoints), len(after.Endpoints))
+	}
+}
