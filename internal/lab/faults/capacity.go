@@ -334,18 +334,23 @@ func ReadLinkDrops(netnsPath string) (LinkDrops, error) {
 	return d, nil
 }
 
-// DropsQuiet fails if the interface drop counters of the namespace at netnsPath rise within window.
-func DropsQuiet(ctx context.Context, netnsPath string, window time.Duration) error {
-	was, err := ReadLinkDrops(netnsPath)
-	if err != nil {
-		return err
+// readTwice reads counters, waits window (or until ctx ends), and reads them again.
+func readTwice[T any](ctx context.Context, window time.Duration, read func() (T, error)) (was, now T, err error) {
+	if was, err = read(); err != nil {
+		return was, now, err
 	}
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return was, now, ctx.Err()
 	case <-time.After(window):
 	}
-	now, err := ReadLinkDrops(netnsPath)
+	now, err = read()
+	return was, now, err
+}
+
+// DropsQuiet fails if the interface drop counters of the namespace at netnsPath rise within window.
+func DropsQuiet(ctx context.Context, netnsPath string, window time.Duration) error {
+	was, now, err := readTwice(ctx, window, func() (LinkDrops, error) { return ReadLinkDrops(netnsPath) })
 	if err != nil {
 		return err
 	}

@@ -112,16 +112,7 @@ func readCTCounters(netnsPath string) (ctCounters, error) {
 
 // conntrackQuiet fails if insert_failed or drop rise in the namespace at netnsPath within window.
 func conntrackQuiet(ctx context.Context, netnsPath string, window time.Duration) error {
-	was, err := readCTCounters(netnsPath)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(window):
-	}
-	now, err := readCTCounters(netnsPath)
+	was, now, err := readTwice(ctx, window, func() (ctCounters, error) { return readCTCounters(netnsPath) })
 	if err != nil {
 		return err
 	}
