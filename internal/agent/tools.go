@@ -18,7 +18,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -320,15 +319,7 @@ func WriteToolResult(ctx context.Context, cs kubernetes.Interface, ns string, re
 			return err
 		}
 	}
-	_, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{FieldManager: "netdoctor"})
-	if apierrors.IsAlreadyExists(err) {
-		var cur *corev1.ConfigMap
-		if cur, err = cs.CoreV1().ConfigMaps(ns).Get(ctx, cm.Name, metav1.GetOptions{}); err == nil {
-			cm.ResourceVersion = cur.ResourceVersion
-			_, err = cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{FieldManager: "netdoctor"})
-		}
-	}
-	if err != nil {
+	if err := putConfigMap(ctx, cs, ns, cm); err != nil {
 		return fmt.Errorf("write tool result %s/%s: %w", ns, cm.Name, err)
 	}
 	return nil

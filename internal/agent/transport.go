@@ -218,7 +218,15 @@ func WriteResult(ctx context.Context, cs kubernetes.Interface, ns string, res *c
 	if err != nil {
 		return err
 	}
-	_, err = cs.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{FieldManager: "netdoctor"})
+	if err := putConfigMap(ctx, cs, ns, cm); err != nil {
+		return fmt.Errorf("write result %s/%s: %w", ns, cm.Name, err)
+	}
+	return nil
+}
+
+// putConfigMap creates cm in ns, or replaces the one of that name (a result written again).
+func putConfigMap(ctx context.Context, cs kubernetes.Interface, ns string, cm *corev1.ConfigMap) error {
+	_, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{FieldManager: "netdoctor"})
 	if apierrors.IsAlreadyExists(err) {
 		var cur *corev1.ConfigMap
 		if cur, err = cs.CoreV1().ConfigMaps(ns).Get(ctx, cm.Name, metav1.GetOptions{}); err == nil {
@@ -226,10 +234,7 @@ func WriteResult(ctx context.Context, cs kubernetes.Interface, ns string, res *c
 			_, err = cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{FieldManager: "netdoctor"})
 		}
 	}
-	if err != nil {
-		return fmt.Errorf("write result %s/%s: %w", ns, cm.Name, err)
-	}
-	return nil
+	return err
 }
 
 func addErr(res *cluster.AgentResult, k, v string) {

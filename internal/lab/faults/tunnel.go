@@ -81,23 +81,26 @@ func underlayAddr(c lab.Config, a netip.Addr) *netlink.Addr {
 
 // addUplinkAddr adds a to eth0 in the namespace netnsName (present already: no error).
 func addUplinkAddr(c lab.Config, netnsName string, a netip.Addr) error {
-	h, err := lab.Handle(netnsName)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	up, err := h.LinkByName(lab.UplinkName)
-	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", lab.UplinkName, netnsName, err)
-	}
-	if err := h.AddrAdd(up, underlayAddr(c, a)); err != nil && !errors.Is(err, syscall.EEXIST) {
-		return fmt.Errorf("add %s to %s in %s: %w", a, lab.UplinkName, netnsName, err)
-	}
-	return nil
+	return withUplink(netnsName, func(h *netlink.Handle, up netlink.Link) error {
+		if err := h.AddrAdd(up, underlayAddr(c, a)); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("add %s to %s in %s: %w", a, lab.UplinkName, netnsName, err)
+		}
+		return nil
+	})
 }
 
 // delUplinkAddr removes a from eth0 in the namespace netnsName (absent: no error).
 func delUplinkAddr(c lab.Config, netnsName string, a netip.Addr) error {
+	return withUplink(netnsName, func(h *netlink.Handle, up netlink.Link) error {
+		if err := h.AddrDel(up, underlayAddr(c, a)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) && !errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("delete %s from %s in %s: %w", a, lab.UplinkName, netnsName, err)
+		}
+		return nil
+	})
+}
+
+// withUplink calls fn with a netlink handle in the namespace netnsName and its eth0.
+func withUplink(netnsName string, fn func(h *netlink.Handle, up netlink.Link) error) error {
 	h, err := lab.Handle(netnsName)
 	if err != nil {
 		return err
@@ -107,10 +110,7 @@ func delUplinkAddr(c lab.Config, netnsName string, a netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", lab.UplinkName, netnsName, err)
 	}
-	if err := h.AddrDel(up, underlayAddr(c, a)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("delete %s from %s in %s: %w", a, lab.UplinkName, netnsName, err)
-	}
-	return nil
+	return fn(h, up)
 }
 
 // setVXLANLocal changes flannel.1's local (source) address on the node, as flanneld does
