@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -228,6 +229,24 @@ func killOwned(name string) ([]string, error) {
 		return out
 	}
 	return killUntilGone(find, "marked as the lab's")
+}
+
+// KillMarked stops every process whose environment holds an entry starting with prefix
+// (NAME=value..., as a kubelet marks the processes of one pod) and waits until none is left.
+func KillMarked(prefix string) ([]string, error) {
+	if !strings.Contains(prefix, "=") {
+		return nil, fmt.Errorf("kill marked processes: %q is not NAME=value", prefix)
+	}
+	want := []byte(prefix)
+	find := func() map[int]string {
+		pids, _ := proc.FindEnv(func(kv []byte) bool { return bytes.HasPrefix(kv, want) })
+		out := make(map[int]string, len(pids))
+		for _, pid := range pids {
+			out[pid] = "marked " + prefix
+		}
+		return out
+	}
+	return killUntilGone(find, "marked "+prefix)
 }
 
 // killUntilGone sends SIGTERM to every process find returns (PID to where it was found),

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,8 @@ import (
 
 	"github.com/netdoctor/netdoctor/internal/cluster"
 	labpkg "github.com/netdoctor/netdoctor/internal/lab"
+	"github.com/netdoctor/netdoctor/internal/lab/kubelet"
+	"github.com/netdoctor/netdoctor/internal/lab/proc"
 	"github.com/netdoctor/netdoctor/internal/rules"
 )
 
@@ -413,6 +416,27 @@ func TestAgentIdleMemory(t *testing.T) {
 		if len(args) != 2 || args[0] != lab.bin || args[1] != "agent" {
 			continue
 		}
+		// This lab's agents only, and which container of which pod each one is.
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		var owner, mark string
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, proc.OwnerEnv+"="); ok {
+				owner = v
+			}
+			if v, ok := strings.CutPrefix(kv, kubelet.ContainerMarkEnv+"="); ok {
+				mark = v
+			}
+		}
+		if owner != labName {
+			t.Logf("pid %s runs %s agent for another owner (%q): not counted", e.Name(), lab.bin, owner)
+			continue
+		}
+		ppid := "?"
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			if st, err := proc.ReadStat(pid); err == nil {
+				ppid = strconv.Itoa(st.PPID)
+			}
+		}
 		// Rss counts the binary's text pages (file-backed, shared with every
 		// process of the same binary, reclaimable); Anon is the agent's own.
 		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "smaps_rollup"))
@@ -426,7 +450,7 @@ func TestAgentIdleMemory(t *testing.T) {
 				parts = append(parts, f[0]+" "+f[1]+" kB")
 			}
 		}
-		t.Logf("agent pid %s idle: %s", e.Name(), strings.Join(parts, ", "))
+		t.Logf("agent pid %s (parent %s, container %s) idle: %s", e.Name(), ppid, mark, strings.Join(parts, ", "))
 		n++
 	}
 	switch {
@@ -434,6 +458,14 @@ func TestAgentIdleMemory(t *testing.T) {
 		t.Skip("skipped: TestFaults installs the agents this test measures; run it too")
 	case n != 3:
 		t.Errorf("found %d idle agent processes, want one per lab node (3)", n)
+		for _, node := range []string{"node1", "node2", "node3"} {
+			b, _ := os.ReadFile(filepath.Join(labpkg.LogDir(filepath.Join(lab.state, labName)), "kubelet-"+node+".log"))
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "netdoctor/") {
+					t.Logf("%s kubelet: %s", node, line)
+				}
+			}
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -226,7 +228,11 @@ func (k *Kubelet) syncContainer(ctx context.Context, r *podRuntime, p *corev1.Po
 		}
 	}
 	if cr.info != nil && !proc.Alive(cr.info) {
-		// The process ended: record it and restart per the pod's restart policy.
+		// The process ended. What it started goes with it, as with a container's cgroup;
+		// then record the exit and restart per the pod's restart policy.
+		if stopped, err := lab.KillMarked(k.containerMark(r, c.Name)); err != nil || len(stopped) > 0 {
+			k.log.Warn("stopped what an ended container left running", "pod", p.Namespace+"/"+p.Name, "container", c.Name, "stopped", stopped, "err", err)
+		}
 		cr.exitCode = 1
 		cr.finished = time.Now()
 		cr.lastExit = &corev1.ContainerStateTerminated{ExitCode: cr.exitCode, Reason: "Error",
@@ -246,6 +252,15 @@ func (k *Kubelet) syncContainer(ctx context.Context, r *podRuntime, p *corev1.Po
 		if time.Now().Before(cr.backoffTil) {
 			return
 		}
+		if live := k.runningContainer(r, c.Name); live != nil {
+			// A process of this container runs that this kubelet does not track (its state
+			// file is gone): adopt it rather than start a second one.
+			k.log.Warn("adopting a running container process", "pod", p.Namespace+"/"+p.Name, "container", c.Name, "pid", live.PID)
+			cr.info, cr.started, cr.everStart, cr.ready = live, time.Now(), true, false
+			_ = proc.Save(k.ctrStateFile(r, c.Name), live)
+			cr.ready = k.probeReady(ctx, r, p, c)
+			return
+		}
 		if err := k.startContainer(ctx, r, p, c, cr); err != nil {
 			cr.failing = err.Error()
 			cr.backoffTil = time.Now().Add(2 * time.Second)
@@ -259,6 +274,59 @@ func (k *Kubelet) syncContainer(ctx context.Context, r *podRuntime, p *corev1.Po
 
 func (k *Kubelet) ctrStateFile(r *podRuntime, ctr string) string {
 	return filepath.Join(lab.ProcDir(k.stateDir), "pod-"+r.id[:8]+"-"+ctr+".json")
+}
+
+// ContainerMarkEnv marks every process of a lab pod's container (and its children) with
+// <lab>/<sandbox ID>/<container>/, as a real runtime's cgroup would hold them: the kubelet
+// finds a container's processes by it even when it does not track them (a state file lost,
+// a process thought ended), and never runs a container twice.
+const ContainerMarkEnv = "NETDOCTOR_LAB_CONTAINER"
+
+// containerMark is the environment entry that marks the processes of container ctr of r.
+// Container names are DNS labels: the closing "/" keeps "web/" from matching "web2/".
+func (k *Kubelet) containerMark(r *podRuntime, ctr string) string {
+	return k.podMark(r) + ctr + "/"
+}
+
+// podMark is the prefix of the marks of all of r's containers.
+func (k *Kubelet) podMark(r *podRuntime) string {
+	return ContainerMarkEnv + "=" + k.opts.Lab + "/" + r.id + "/"
+}
+
+// runningContainer returns the running process of container ctr of r, found by its mark, or
+// nil if none runs. The container's process is the one whose parent is not marked too (the
+// others are its children); if several run, the oldest stays and the others are stopped.
+func (k *Kubelet) runningContainer(r *podRuntime, ctr string) *proc.Info {
+	want := []byte(k.containerMark(r, ctr))
+	pids, err := proc.FindEnv(func(kv []byte) bool { return bytes.Equal(kv, want) })
+	if err != nil || len(pids) == 0 {
+		return nil
+	}
+	marked := make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		marked[pid] = true
+	}
+	var tops []*proc.Info
+	for _, pid := range pids {
+		st, err := proc.ReadStat(pid)
+		if err != nil || marked[st.PPID] {
+			continue
+		}
+		if info, err := proc.InfoOf(pid, "pod container "+ctr); err == nil {
+			tops = append(tops, info)
+		}
+	}
+	if len(tops) == 0 {
+		return nil
+	}
+	sort.Slice(tops, func(i, j int) bool { return tops[i].StartTime < tops[j].StartTime })
+	for _, extra := range tops[1:] {
+		k.log.Warn("stopping a second process of one container", "container", ctr, "pid", extra.PID, "keeping", tops[0].PID)
+		if err := proc.Stop(extra, 3*time.Second); err != nil {
+			k.log.Warn("stop container", "container", ctr, "err", err)
+		}
+	}
+	return tops[0]
 }
 
 func (k *Kubelet) startContainer(ctx context.Context, r *podRuntime, p *corev1.Pod, c *corev1.Container, cr *ctrRuntime) error {
@@ -300,7 +368,7 @@ func (k *Kubelet) startContainer(ctx context.Context, r *podRuntime, p *corev1.P
 		Name:      "pod " + p.Namespace + "/" + p.Name + "/" + c.Name,
 		Path:      k.cfg.SelfBin,
 		Args:      args,
-		Env:       EnvList(env),
+		Env:       append(EnvList(env), k.containerMark(r, c.Name)),
 		Netns:     r.netnsPath,
 		LogFile:   filepath.Join(r.dir, c.Name+".log"),
 		StateFile: k.ctrStateFile(r, c.Name),
@@ -388,8 +456,13 @@ func (k *Kubelet) killPod(r *podRuntime, p *corev1.Pod) {
 			_ = os.Remove(k.ctrStateFile(r, cr.name))
 		}
 	}
-	// Whatever still runs in the pod's namespace (a container an earlier kubelet started and
-	// this one never adopted) goes with it: deleting the name would leave it running, unseen.
+	// Whatever process of the pod still runs (a container an earlier kubelet started and this
+	// one never adopted, host-network pods too) goes with it.
+	if stopped, err := lab.KillMarked(k.podMark(r)); err != nil || len(stopped) > 0 {
+		k.log.Warn("stopped untracked processes of the pod", "pod", p.Namespace+"/"+p.Name, "stopped", stopped, "err", err)
+	}
+	// Whatever still runs in the pod's namespace (started before containers were marked) goes
+	// with it: deleting the name would leave it running, unseen.
 	if !p.Spec.HostNetwork {
 		if stopped, err := lab.KillInNamespaces([]string{lab.PodNetns(k.opts.Lab, r.id[:8])}); err != nil || len(stopped) > 0 {
 			k.log.Warn("stopped processes left in the pod's namespace", "pod", p.Namespace+"/"+p.Name, "stopped", stopped, "err", err)

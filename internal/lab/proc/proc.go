@@ -434,11 +434,18 @@ func FindOwned(owner string) ([]int, error) {
 	if owner == "" {
 		return nil, errors.New("find owned processes: no owner")
 	}
+	want := []byte(OwnerEnv + "=" + owner)
+	return FindEnv(func(kv []byte) bool { return bytes.Equal(kv, want) })
+}
+
+// FindEnv returns the PIDs of the processes, other than this one, whose environment holds a
+// NAME=value entry for which match is true. Processes whose environment cannot be read (gone,
+// zombies, or not ours to read) are left out.
+func FindEnv(match func(kv []byte) bool) ([]int, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil, fmt.Errorf("find owned processes: %w", err)
+		return nil, fmt.Errorf("find processes by environment: %w", err)
 	}
-	want := []byte(OwnerEnv + "=" + owner)
 	self := os.Getpid()
 	var out []int
 	for _, e := range ents {
@@ -451,11 +458,34 @@ func FindOwned(owner string) ([]int, error) {
 			continue
 		}
 		for _, kv := range bytes.Split(b, []byte{0}) {
-			if bytes.Equal(kv, want) {
+			if match(kv) {
 				out = append(out, pid)
 				break
 			}
 		}
 	}
 	return out, nil
+}
+
+// InfoOf describes the running process pid (found, not started, by this process) so that it
+// can be tracked and stopped like one Start returned: its start time pins it against PID reuse.
+func InfoOf(pid int, name string) (*Info, error) {
+	bootID, err := BootID()
+	if err != nil {
+		return nil, err
+	}
+	st, err := ReadStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return nil, fmt.Errorf("process %d has exited", pid)
+	}
+	info := &Info{Name: name, PID: pid, StartTime: st.StartTime, BootID: bootID}
+	if b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
+		if args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"); len(args) > 0 {
+			info.Path, info.Args = args[0], args[1:]
+		}
+	}
+	return info, nil
 }
