@@ -7,7 +7,6 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
@@ -17,7 +16,7 @@ import (
 func init() { Register(newAgentCommand) }
 
 func newAgentCommand() *cobra.Command {
-	kube := genericclioptions.NewConfigFlags(true)
+	kube := newKubeFlags(true)
 	var node, netns, criEndpoint string
 	cmd := &cobra.Command{
 		Use:   "agent",

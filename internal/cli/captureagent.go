@@ -24,7 +24,6 @@ import (
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
 	"github.com/netdoctor/netdoctor/internal/capture"
@@ -38,7 +37,7 @@ const defaultNodeCaptureDuration = time.Minute
 // nodeCapture is capture --node's options.
 type nodeCapture struct {
 	nodes, ifaces, pods []string
-	kube                *genericclioptions.ConfigFlags
+	kube                *kubeFlags
 	image               string
 	filter, file        string
 	count, snaplen      int

@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -32,7 +31,7 @@ func init() { Register(newCheckCommand) }
 var ConnectTimeout = 5 * time.Second
 
 type checkOptions struct {
-	kube         *genericclioptions.ConfigFlags
+	kube         *kubeFlags
 	noAgent      bool
 	timeout      time.Duration
 	nodes        []string
@@ -44,7 +43,7 @@ type checkOptions struct {
 }
 
 func newCheckCommand() *cobra.Command {
-	o := &checkOptions{kube: genericclioptions.NewConfigFlags(true)}
+	o := &checkOptions{kube: newKubeFlags(true)}
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Sweep the whole cluster: every node, every known fault, plus the connectivity matrix",
@@ -89,7 +88,7 @@ do its job (bad input, API server unreachable).`,
 
 // connect builds the client and makes one short request so that an
 // unreachable or refusing API server fails fast with exit code 2.
-func connect(ctx context.Context, kube *genericclioptions.ConfigFlags) (kubernetes.Interface, *rest.Config, error) {
+func connect(ctx context.Context, kube *kubeFlags) (kubernetes.Interface, *rest.Config, error) {
 	rc, err := kube.ToRESTConfig()
 	if err != nil {
 		return nil, nil, UsageError("kubernetes client configuration: %v", err)
@@ -235,10 +234,7 @@ func waitTargets(ctx context.Context, cs kubernetes.Interface, snap *cluster.Sna
 }
 
 func (o *checkOptions) namespace() string {
-	if o.kube.Namespace == nil {
-		return ""
-	}
-	return *o.kube.Namespace
+	return o.kube.namespace()
 }
 
 func pickNodes(s *cluster.Snapshot, want []string) ([]string, error) {

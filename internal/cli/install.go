@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/netdoctor/netdoctor/internal/install"
 )
@@ -17,7 +16,7 @@ func init() {
 }
 
 func newInstallCommand() *cobra.Command {
-	kube := genericclioptions.NewConfigFlags(true)
+	kube := newKubeFlags(true)
 	var image string
 	var dryRun, wait bool
 	var timeout time.Duration
@@ -69,7 +68,7 @@ system-node-critical) and the probe-target DaemonSet and Service.
 }
 
 func newUninstallCommand() *cobra.Command {
-	kube := genericclioptions.NewConfigFlags(true)
+	kube := newKubeFlags(true)
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "uninstall",

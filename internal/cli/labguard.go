@@ -4,7 +4,6 @@ import (
 	"net"
 	"time"
 
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/rest"
 
 	"github.com/netdoctor/netdoctor/internal/lab"
@@ -19,24 +18,24 @@ const labClusterName = "lab"
 // namespace it connects only over the lab's own root link, never through
 // the default route when the lab is down or half up. Other clusters and
 // configurations that already set a dialer are left alone.
-func guardLabClient(kube *genericclioptions.ConfigFlags, rc *rest.Config) {
+func guardLabClient(kube *kubeFlags, rc *rest.Config) {
 	if rc.Dial != nil || kube == nil {
 		return
 	}
-	raw, err := kube.ToRawKubeConfigLoader().RawConfig()
+	raw, err := kube.rawConfig()
 	if err != nil {
 		return
 	}
 	name := raw.CurrentContext
-	if kube.Context != nil && *kube.Context != "" {
-		name = *kube.Context
+	if kube.overrides.CurrentContext != "" {
+		name = kube.overrides.CurrentContext
 	}
 	cluster := ""
 	if c := raw.Contexts[name]; c != nil {
 		cluster = c.Cluster
 	}
-	if kube.ClusterName != nil && *kube.ClusterName != "" {
-		cluster = *kube.ClusterName
+	if kube.overrides.Context.Cluster != "" {
+		cluster = kube.overrides.Context.Cluster
 	}
 	if cluster == labClusterName {
 		rc.Dial = lab.GuardDial(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/netdoctor/netdoctor/internal/lab"
 )
@@ -44,8 +43,8 @@ func TestGuardLabClient(t *testing.T) {
 			if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			kube := genericclioptions.NewConfigFlags(false)
-			kube.KubeConfig = &kc
+			kube := newKubeFlags(true)
+			kube.kubeconfig = kc
 			rc, err := kube.ToRESTConfig()
 			if err != nil {
 				t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
@@ -37,10 +36,8 @@ const temporaryAgentStart = 60 * time.Second
 
 // newToolKubeFlags are check's kubectl flags without -n/--namespace and
 // -s/--server, whose shorthands the tools use for their own options.
-func newToolKubeFlags() *genericclioptions.ConfigFlags {
-	k := genericclioptions.NewConfigFlags(true)
-	k.Namespace, k.APIServer = nil, nil
-	return k
+func newToolKubeFlags() *kubeFlags {
+	return newKubeFlags(false)
 }
 
 // checkNodeFlags refuses the local-only placement flags with --node.

@@ -24,7 +24,6 @@ import (
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
 	"github.com/netdoctor/netdoctor/internal/capture"
@@ -51,7 +50,7 @@ type toolWhere struct {
 	node        string
 	criEndpoint string
 	// --node: the cluster's kubectl flags and the temporary agent's image.
-	kube  *genericclioptions.ConfigFlags
+	kube  *kubeFlags
 	image string
 }
 
