@@ -74,16 +74,21 @@ func testKubelet(t *testing.T, labName string) *Kubelet {
 	return &Kubelet{opts: Options{Lab: labName, Node: "node1"}, stateDir: t.TempDir(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
+// hostNetworkPod is a host-network pod of one container named ctr, and the kubelet's
+// record of it before any sync.
+func hostNetworkPod(t *testing.T, uid types.UID, ctr string, restart corev1.RestartPolicy) (*corev1.Pod, *podRuntime) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: ctr, UID: uid},
+		Spec: corev1.PodSpec{HostNetwork: true, RestartPolicy: restart, Containers: []corev1.Container{{Name: ctr, Image: "netdoctor"}}}}
+	return pod, &podRuntime{pod: pod, id: SandboxID(uid), dir: t.TempDir(), containers: map[string]*ctrRuntime{}}
+}
+
 // TestKillPodStopsHostNetworkProcesses removes a host-network pod (no namespace of its own)
 // whose container this kubelet does not track: its marked process must end with the pod.
 func TestKillPodStopsHostNetworkProcesses(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireProgram(t, "sleep")
 	k := testKubelet(t, "tkh")
-	uid := types.UID("0badc0de-kill-hostnet-test")
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "netdoctor", Name: "agent", UID: uid},
-		Spec: corev1.PodSpec{HostNetwork: true}}
-	r := &podRuntime{pod: pod, id: SandboxID(uid), dir: t.TempDir(), containers: map[string]*ctrRuntime{}}
+	pod, r := hostNetworkPod(t, "0badc0de-kill-hostnet-test", "agent", corev1.RestartPolicyAlways)
 	info := startMarked(t, k, r, "agent")
 	other := &podRuntime{id: SandboxID("another-pod")}
 	keep := startMarked(t, k, other, "agent")
@@ -103,11 +108,7 @@ func TestSyncContainerAdoptsUntrackedProcess(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireProgram(t, "sleep")
 	k := testKubelet(t, "tka")
-	uid := types.UID("0badc0de-adopt-test")
-	c := corev1.Container{Name: "agent", Image: "netdoctor"}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "netdoctor", Name: "agent", UID: uid},
-		Spec: corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{c}}}
-	r := &podRuntime{pod: pod, id: SandboxID(uid), dir: t.TempDir(), containers: map[string]*ctrRuntime{}}
+	pod, r := hostNetworkPod(t, "0badc0de-adopt-test", "agent", corev1.RestartPolicyAlways)
 	info := startMarked(t, k, r, "agent")
 	// A second run of the same container (started later): the oldest stays, this one goes.
 	second := startMarked(t, k, r, "agent")
@@ -134,11 +135,7 @@ func TestSyncContainerEndedStopsLeftovers(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireProgram(t, "sleep")
 	k := testKubelet(t, "tke")
-	uid := types.UID("0badc0de-ended-test")
-	c := corev1.Container{Name: "job", Image: "busybox"}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "job", UID: uid},
-		Spec: corev1.PodSpec{HostNetwork: true, RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{c}}}
-	r := &podRuntime{pod: pod, id: SandboxID(uid), dir: t.TempDir(), containers: map[string]*ctrRuntime{}}
+	pod, r := hostNetworkPod(t, "0badc0de-ended-test", "job", corev1.RestartPolicyNever)
 	main, err := proc.Start(proc.Spec{Name: "main", Path: "true", LogFile: filepath.Join(t.TempDir(), "main.log")})
 	if err != nil {
 		t.Fatal(err)
