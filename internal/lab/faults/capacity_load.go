@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -159,6 +160,12 @@ func RunNICQueue(ctx context.Context, o NICQueueOptions) error {
 	}
 	if err := netlink.LinkSetTxQLen(l, o.QLen); err != nil {
 		return fmt.Errorf("nic queue: txqueuelen of %s: %w", o.Tap, err)
+	}
+	// No IPv6 link-local address: the kernel then sends nothing of its own through the TAP
+	// (DAD, router solicitations), so its drops are the redirected packets alone. Without
+	// IPv6 in the kernel there is nothing to silence.
+	if err := netlink.LinkSetIP6AddrGenMode(l, nl.IN6_ADDR_GEN_MODE_NONE); err != nil && o.Log != nil {
+		_, _ = fmt.Fprintf(o.Log, "nicqueue: no IPv6 address generation on %s: %v\n", o.Tap, err)
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("nic queue: set %s up: %w", o.Tap, err)
