@@ -450,7 +450,7 @@ func TestAgentIdleMemory(t *testing.T) {
 				parts = append(parts, f[0]+" "+f[1]+" kB")
 			}
 		}
-		t.Logf("agent pid %s (parent %s, container %s) idle: %s", e.Name(), ppid, mark, strings.Join(parts, ", "))
+		t.Logf("agent pid %s (parent %s, container %s) idle: %s; Rss by mapping: %s", e.Name(), ppid, mark, strings.Join(parts, ", "), rssByMapping(e.Name(), lab.bin))
 		n++
 	}
 	switch {
@@ -467,6 +467,39 @@ func TestAgentIdleMemory(t *testing.T) {
 			}
 		}
 	}
+}
+
+// rssByMapping sums /proc/PID/smaps' Rss by kind of mapping: the binary's text (r-xp), its
+// read-only data and pclntab (r--p), its data (rw-p), anonymous memory and the rest.
+func rssByMapping(pid, bin string) string {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "smaps"))
+	if err != nil {
+		return err.Error()
+	}
+	kb := map[string]int{}
+	kind := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+			switch {
+			case len(f) >= 6 && f[5] == bin:
+				kind = "binary " + f[1]
+			case len(f) < 6 || strings.HasPrefix(f[5], "["):
+				kind = "anonymous"
+			default:
+				kind = "other files"
+			}
+		case len(f) >= 2 && f[0] == "Rss:":
+			n, _ := strconv.Atoi(f[1])
+			kb[kind] += n
+		}
+	}
+	var out []string
+	for _, k := range []string{"binary r-xp", "binary r--p", "binary rw-p", "anonymous", "other files"} {
+		out = append(out, fmt.Sprintf("%s %d kB", k, kb[k]))
+	}
+	return strings.Join(out, ", ")
 }
 
 // agentsInstalled is set once TestFaults has installed the agent DaemonSet (it stays until
