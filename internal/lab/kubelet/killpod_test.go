@@ -124,7 +124,7 @@ func TestSyncContainerAdoptsUntrackedProcess(t *testing.T) {
 	if proc.Alive(second) {
 		t.Errorf("a second process of the container (pid %d) still runs", second.PID)
 	}
-	if saved, err := proc.Load(k.ctrStateFile(r, "agent")); err != nil || saved.PID != info.PID {
+	if saved, err := proc.Load(k.ctrStateFile(r, "agent")); err != nil || saved.PID != info.PID || saved.LogFile != filepath.Join(r.dir, "agent.log") {
 		t.Errorf("state file of the adopted process: %v %+v", err, saved)
 	}
 }

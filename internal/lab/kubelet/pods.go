@@ -312,7 +312,9 @@ func (k *Kubelet) runningContainer(r *podRuntime, ctr string) *proc.Info {
 		if err != nil || marked[st.PPID] {
 			continue
 		}
-		if info, err := proc.InfoOf(pid, "pod container "+ctr); err == nil {
+		if info, err := proc.InfoOf(pid, "pod "+r.pod.Namespace+"/"+r.pod.Name+"/"+ctr); err == nil {
+			// What startContainer records, so that `lab status` shows it alike.
+			info.Netns, info.LogFile, info.StateFile = r.netnsPath, filepath.Join(r.dir, ctr+".log"), k.ctrStateFile(r, ctr)
 			tops = append(tops, info)
 		}
 	}

@@ -74,7 +74,13 @@ type Info struct {
 var ErrNotOurs = errors.New("process is not the one started (PID reused or different boot)")
 
 // children holds the processes started by this process, which it must reap.
-var children sync.Map // pid -> chan struct{} closed once reaped
+var children sync.Map // pid -> *child
+
+// child is a process this process started: done is closed once it has been reaped.
+type child struct {
+	done      chan struct{}
+	startTime uint64 // set by Start once read, before Start returns
+}
 
 // Start starts the program described by spec and returns its Info. The program runs in
 // spec.Netns (inherited through namespace.Do), in a new session, with stdin from /dev/null and
@@ -123,19 +129,20 @@ func Start(spec Spec) (*Info, error) {
 		return nil, fmt.Errorf("start %s (%s): %w", spec.Name, path, err)
 	}
 	pid := cmd.Process.Pid
-	done := make(chan struct{})
-	children.Store(pid, done)
+	c := &child{done: make(chan struct{})}
+	children.Store(pid, c)
 	go func() {
 		_ = cmd.Wait()
-		close(done)
+		close(c.done)
 	}()
 
 	st, err := ReadStat(pid)
 	if err != nil {
 		// The program died at once and was already reaped; still report what happened.
-		<-done
+		<-c.done
 		return nil, fmt.Errorf("start %s: exited at once (%s), see %s: %w", spec.Name, cmd.ProcessState, spec.LogFile, err)
 	}
+	c.startTime = st.StartTime
 	info := &Info{
 		Name:      spec.Name,
 		PID:       pid,
@@ -235,10 +242,31 @@ func Alive(info *Info) bool {
 		return false
 	}
 	st, err := ReadStat(info.PID)
-	if err != nil {
-		return false
+	if err == nil && st.StartTime == info.StartTime && st.State != 'Z' && st.State != 'X' {
+		return true
 	}
-	return st.StartTime == info.StartTime && st.State != 'Z' && st.State != 'X'
+	// /proc can say "ended" of a running process for a moment: while a multi-threaded
+	// program execs from a thread other than its first, the kernel retires the old leader and
+	// the PID reads as a zombie (or not at all) until the exec completes. Of a process this one
+	// started, ask the kernel as its parent instead: has it exited (without reaping it: the
+	// reaper goroutine does that)?
+	if v, ok := children.Load(info.PID); ok {
+		c := v.(*child)
+		select {
+		case <-c.done:
+			return false
+		default:
+		}
+		if c.startTime != info.StartTime {
+			return false
+		}
+		var si unix.Siginfo
+		if err := unix.Waitid(unix.P_PID, info.PID, &si, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
+			return false // reaped meanwhile (ECHILD)
+		}
+		return si.Signo != int32(unix.SIGCHLD) // SIGCHLD: it has exited
+	}
+	return false
 }
 
 // pidfd opens a pidfd for info's process and checks, after opening it, that it is still the
@@ -358,7 +386,7 @@ func reap(pid int, timeout time.Duration) {
 		return
 	}
 	select {
-	case <-v.(chan struct{}):
+	case <-v.(*child).done:
 		children.Delete(pid)
 	case <-time.After(timeout):
 	}
