@@ -121,8 +121,10 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 			return UsageError("capture --node %s: no point on that node (--iface DEV, or --pod NS/NAME[:DEV] of a pod there)", n)
 		}
 	}
+	temporary := false
 	if len(o.nodes) > 1 {
-		// Each node's run would deploy and remove its own temporary agent.
+		// One temporary agent for all the nodes' runs (each run would otherwise deploy and
+		// remove its own, under the others' feet).
 		cs, _, err := connect(ctx, o.kube)
 		if err != nil {
 			return err
@@ -132,7 +134,13 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 			return &ExitCodeError{Code: ExitError, Err: err}
 		}
 		if !installed {
-			return UsageError("capture on several nodes needs the installed agent (netdoctor install), or capture one --node at a time")
+			_, _ = fmt.Fprint(cmd.ErrOrStderr(), noAgentNotice)
+			remove, err := deployTemporaryAgent(ctx, cs, o.image, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer remove()
+			temporary = true
 		}
 	}
 	if Globals.Output == "text" {
@@ -143,7 +151,7 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 	var wg sync.WaitGroup
 	for i, n := range o.nodes {
 		spec := &agent.CaptureSpec{Points: points[n], Filter: o.filter, Count: o.count, Duration: o.duration, Snaplen: o.snaplen, MaxBytes: limit}
-		w := &toolWhere{node: n, kube: o.kube, image: o.image}
+		w := &toolWhere{node: n, kube: o.kube, image: o.image, temporaryAgent: temporary}
 		wg.Go(func() {
 			results[i], errs[i] = runOnNode(cmd, w, &agent.ToolRequest{Tool: agent.ToolCapture, Capture: spec}, o.duration)
 		})

@@ -138,18 +138,15 @@ func runCheck(cmd *cobra.Command, o *checkOptions) (err error) {
 		}
 		if !installed {
 			prog.set("deploying a temporary agent")
+			remove, err := deployTemporaryAgent(ctx, cs, o.image, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			// Removed whatever happens next: failure, Ctrl-C, success.
 			defer func() {
 				prog.set("removing the temporary agent")
-				cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				defer cancel()
-				if uerr := install.Uninstall(cctx, cs, true); uerr != nil {
-					_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "warning: remove the temporary agent: %v (run `netdoctor uninstall`)\n", uerr)
-				}
+				remove()
 			}()
-			if err := install.Apply(ctx, cs, install.Objects(install.Options{Image: o.image, Temporary: true})); err != nil {
-				return &ExitCodeError{Code: ExitError, Err: fmt.Errorf("deploy the temporary agent: %w", err)}
-			}
 			// Agents pick up a request written before they start (they
 			// list existing requests first), so only the probe targets are
 			// waited for: the plan needs their pod IPs. Bounded by half the

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -39,6 +40,27 @@ const temporaryAgentStart = 60 * time.Second
 func newToolKubeFlags() *kubeFlags {
 	return newKubeFlags(false)
 }
+
+// deployTemporaryAgent deploys a temporary agent and returns the function that removes it
+// again. The caller defers it, so that the agent goes whatever happens; it works with a
+// fresh context, Ctrl-C having cancelled the command's. Warnings go to warn.
+func deployTemporaryAgent(ctx context.Context, cs kubernetes.Interface, image string, warn io.Writer) (remove func(), err error) {
+	remove = func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if uerr := install.Uninstall(cctx, cs, true); uerr != nil {
+			_, _ = fmt.Fprintf(warn, "warning: remove the temporary agent: %v (run `netdoctor uninstall`)\n", uerr)
+		}
+	}
+	if err := install.Apply(ctx, cs, install.Objects(install.Options{Image: image, Temporary: true})); err != nil {
+		remove()
+		return nil, &ExitCodeError{Code: ExitError, Err: fmt.Errorf("deploy the temporary agent: %w", err)}
+	}
+	return remove, nil
+}
+
+// noAgentNotice is what the tools print before they deploy a temporary agent.
+const noAgentNotice = "no netdoctor agent installed: deploying a temporary one (removed afterwards)\n"
 
 // checkNodeFlags refuses the local-only placement flags with --node.
 func (w *toolWhere) checkNodeFlags() error {
@@ -100,25 +122,25 @@ func runOnNode(cmd *cobra.Command, w *toolWhere, tool *agent.ToolRequest, run ti
 		tool.Pod, tool.PodIP = ns+"/"+name, pod.Status.PodIP
 	}
 	wait := run + toolAgentMargin
-	installed, _, err := install.Installed(ctx, cs)
-	if err != nil {
-		return nil, &ExitCodeError{Code: ExitError, Err: err}
-	}
-	if !installed {
-		// As check does: a temporary agent, removed whatever happens.
-		_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "no netdoctor agent installed: deploying a temporary one (removed afterwards)\n")
-		defer func() {
-			cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			if uerr := install.Uninstall(cctx, cs, true); uerr != nil {
-				_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "warning: remove the temporary agent: %v (run `netdoctor uninstall`)\n", uerr)
-			}
-		}()
-		if err := install.Apply(ctx, cs, install.Objects(install.Options{Image: w.image, Temporary: true})); err != nil {
-			return nil, &ExitCodeError{Code: ExitError, Err: fmt.Errorf("deploy the temporary agent: %w", err)}
+	installed := false
+	if !w.temporaryAgent {
+		if installed, _, err = install.Installed(ctx, cs); err != nil {
+			return nil, &ExitCodeError{Code: ExitError, Err: err}
 		}
+	}
+	switch {
+	case w.temporaryAgent:
+		// The caller deployed a temporary agent for several runs and removes it.
 		wait += temporaryAgentStart
-	} else if !agentPodRunning(ctx, cs, w.node) {
+	case !installed:
+		_, _ = fmt.Fprint(cmd.ErrOrStderr(), noAgentNotice)
+		remove, err := deployTemporaryAgent(ctx, cs, w.image, cmd.ErrOrStderr())
+		if err != nil {
+			return nil, err
+		}
+		defer remove()
+		wait += temporaryAgentStart
+	case !agentPodRunning(ctx, cs, w.node):
 		_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "warning: no running netdoctor agent pod on node %s; waiting up to %s for an answer\n", w.node, wait.Round(time.Second))
 	}
 	req := &agent.Request{ID: agent.NewID(), Nodes: []string{w.node}, Checks: []string{agent.CheckTool},

@@ -52,6 +52,9 @@ type toolWhere struct {
 	// --node: the cluster's kubectl flags and the temporary agent's image.
 	kube  *kubeFlags
 	image string
+	// temporaryAgent: the caller has deployed a temporary agent (for several nodes at
+	// once) and removes it; runOnNode neither deploys nor removes one.
+	temporaryAgent bool
 }
 
 func (w *toolWhere) addFlags(cmd *cobra.Command) {

@@ -216,6 +216,12 @@ func TestTemporaryAgentHealthyLab(t *testing.T) {
 			t.Errorf("agent on %s: %s %s", c.Node, c.Status, c.Reason)
 		}
 	}
+	noAgentLeft(t, "check")
+}
+
+// noAgentLeft fails t if the temporary agent's namespace or pods are still there after what.
+func noAgentLeft(t *testing.T, what string) {
+	t.Helper()
 	rc, err := clientcmd.BuildConfigFromFlags("", lab.kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -224,12 +230,50 @@ func TestTemporaryAgentHealthyLab(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(rc)
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Namespaces().Get(ctx, "netdoctor", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("temporary agent's namespace still there after check: %v", err)
+		t.Errorf("temporary agent's namespace still there after %s: %v", what, err)
 	}
 	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=netdoctor"})
 	if err != nil || len(pods.Items) != 0 {
-		t.Errorf("netdoctor pods left after check: %v %d", err, len(pods.Items))
+		t.Errorf("netdoctor pods left after %s: %v %d", what, err, len(pods.Items))
 	}
+}
+
+// TestTemporaryAgentCaptureTwoNodes: no agent installed, a capture on two nodes at once
+// deploys one temporary agent for both, merges what each node saw (the kubelets' API
+// traffic on each node's uplink) and removes the agent.
+func TestTemporaryAgentCaptureTwoNodes(t *testing.T) {
+	needLab(t)
+	if _, err := exec.LookPath("tshark"); err != nil {
+		t.Fatal("tshark is needed to read the capture back (apt install tshark)")
+	}
+	file := filepath.Join(t.TempDir(), "two.pcapng")
+	out, errOut, code := run(2*time.Minute, "capture", "--kubeconfig", lab.kubeconfig, "--node", "node1", "--node", "node2",
+		"--iface", "eth0", "--duration", "4s", "-w", file, "tcp", "port", "6443")
+	if code != 0 {
+		t.Fatalf("capture on two nodes: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "deploying a temporary one") {
+		t.Errorf("no temporary agent announced:\n%s", errOut)
+	}
+	b, err := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "frame.interface_name", "-e", "tcp.port").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	per := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		name, ports, _ := strings.Cut(line, "\t")
+		if !strings.Contains(ports, "6443") {
+			t.Errorf("a packet the filter should have kept out: %q", line)
+		}
+		per[name]++
+	}
+	t.Logf("packets per point: %v\n%s", per, out)
+	for _, point := range []string{"node1/host/eth0", "node2/host/eth0"} {
+		if per[point] == 0 {
+			t.Errorf("no packets from %s: %v", point, per)
+		}
+	}
+	noAgentLeft(t, "capture")
 }
 
 // TestFaults: with the agent installed, each injectable fault is found on
