@@ -57,14 +57,22 @@ func TestAliveWhileExecFromAnotherThread(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = Stop(info, time.Second) })
-		reads := 0
-		for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); reads++ {
+		// Ask through the exec and a little beyond it.
+		reads, execd := 0, time.Time{}
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); reads++ {
 			if !Alive(info) {
 				t.Fatalf("run %d: Alive says pid %d ended after %d reads; it is running (%s)", run, info.PID, reads, stateOf(info.PID))
 			}
+			if execd.IsZero() {
+				if st, err := ReadStat(info.PID); err == nil && st.Comm == "sleep" {
+					execd = time.Now()
+				}
+			} else if time.Since(execd) > 50*time.Millisecond {
+				break
+			}
 		}
-		if st, err := ReadStat(info.PID); err != nil || st.Comm != "sleep" {
-			t.Fatalf("run %d: the helper did not exec sleep within 300 ms: %+v %v", run, st, err)
+		if execd.IsZero() {
+			t.Fatalf("run %d: the helper did not exec sleep within 10 s", run)
 		}
 		if err := Stop(info, time.Second); err != nil {
 			t.Fatal(err)
