@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
 	"github.com/netdoctor/netdoctor/internal/capture"
@@ -72,6 +73,19 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 		limit = agent.MaxCaptureBytes
 	}
 	ctx := cmd.Context()
+	// One client for the pods' lookup, the agent check and every node's run (connect asks the
+	// API server once each time); made when first needed, after the checks of the flags.
+	var cs kubernetes.Interface
+	client := func() (kubernetes.Interface, error) {
+		if cs == nil {
+			c, _, err := connect(ctx, o.kube)
+			if err != nil {
+				return nil, err
+			}
+			cs = c
+		}
+		return cs, nil
+	}
 	points := map[string][]agent.CapturePoint{}
 	seen := map[string]bool{}
 	for _, n := range o.nodes {
@@ -87,8 +101,7 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 		}
 	}
 	if len(o.pods) > 0 {
-		cs, _, err := connect(ctx, o.kube)
-		if err != nil {
+		if _, err := client(); err != nil {
 			return err
 		}
 		for _, ref := range o.pods {
@@ -121,14 +134,13 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 			return UsageError("capture --node %s: no point on that node (--iface DEV, or --pod NS/NAME[:DEV] of a pod there)", n)
 		}
 	}
+	if _, err := client(); err != nil {
+		return err
+	}
 	temporary := false
 	if len(o.nodes) > 1 {
 		// One temporary agent for all the nodes' runs (each run would otherwise deploy and
 		// remove its own, under the others' feet).
-		cs, _, err := connect(ctx, o.kube)
-		if err != nil {
-			return err
-		}
 		installed, _, err := install.Installed(ctx, cs)
 		if err != nil {
 			return &ExitCodeError{Code: ExitError, Err: err}
@@ -151,7 +163,7 @@ func (o *nodeCapture) run(cmd *cobra.Command) error {
 	var wg sync.WaitGroup
 	for i, n := range o.nodes {
 		spec := &agent.CaptureSpec{Points: points[n], Filter: o.filter, Count: o.count, Duration: o.duration, Snaplen: o.snaplen, MaxBytes: limit}
-		w := &toolWhere{node: n, kube: o.kube, image: o.image, temporaryAgent: temporary}
+		w := &toolWhere{node: n, kube: o.kube, client: cs, image: o.image, temporaryAgent: temporary}
 		wg.Go(func() {
 			results[i], errs[i] = runOnNode(cmd, w, &agent.ToolRequest{Tool: agent.ToolCapture, Capture: spec}, o.duration)
 		})

@@ -80,9 +80,13 @@ func runOnNode(cmd *cobra.Command, w *toolWhere, tool *agent.ToolRequest, run ti
 		return nil, err
 	}
 	ctx := cmd.Context()
-	cs, _, err := connect(ctx, w.kube)
-	if err != nil {
-		return nil, err
+	cs := w.client
+	if cs == nil {
+		c, _, err := connect(ctx, w.kube)
+		if err != nil {
+			return nil, err
+		}
+		cs = c
 	}
 	if _, err := cs.CoreV1().Nodes().Get(ctx, w.node, metav1.GetOptions{}); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -124,6 +128,7 @@ func runOnNode(cmd *cobra.Command, w *toolWhere, tool *agent.ToolRequest, run ti
 	wait := run + toolAgentMargin
 	installed := false
 	if !w.temporaryAgent {
+		var err error
 		if installed, _, err = install.Installed(ctx, cs); err != nil {
 			return nil, &ExitCodeError{Code: ExitError, Err: err}
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/netdoctor/netdoctor/internal/agent"
 	"github.com/netdoctor/netdoctor/internal/capture"
@@ -52,6 +53,8 @@ type toolWhere struct {
 	// --node: the cluster's kubectl flags and the temporary agent's image.
 	kube  *kubeFlags
 	image string
+	// client, if set, is the caller's client of that cluster (else runOnNode connects).
+	client kubernetes.Interface
 	// temporaryAgent: the caller has deployed a temporary agent (for several nodes at
 	// once) and removes it; runOnNode neither deploys nor removes one.
 	temporaryAgent bool

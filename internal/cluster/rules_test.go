@@ -198,24 +198,14 @@ func TestClusterRules(t *testing.T) {
 			a["node-3"].ServiceRules = keep
 		}, []string{"service-rules-missing@node-3"}, "web/web 80/TCP: no iptables rule on node-3"},
 		{"stale endpoint on one node", func(_ *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
-			for i, r := range a["node-1"].ServiceRules {
-				if r.Service == "web/web" {
-					t := []string{"198.18.130.5:8080", "198.18.131.9:8080"}
-					a["node-1"].ServiceRules[i] = ServiceRule{Service: r.Service, Port: r.Port, ClusterIP: r.ClusterIP, Endpoints: 2, Hash: EndpointsHash(t), Targets: t}
-				}
-			}
+			staleWebOnNode1(a)
 		}, []string{"service-rules-missing@node-1"}, "stale 198.18.131.9:8080"},
 		{"stale endpoint long after the last EndpointSlice change", func(s *Snapshot, a map[string]*AgentResult, _ *ProbeSpec) {
 			s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
 			for i := range s.EndpointSlices {
 				s.EndpointSlices[i].Created = s.CollectedAt.Add(-2 * time.Minute)
 			}
-			for i, r := range a["node-1"].ServiceRules {
-				if r.Service == "web/web" {
-					t := []string{"198.18.130.5:8080", "198.18.131.9:8080"}
-					a["node-1"].ServiceRules[i] = ServiceRule{Service: r.Service, Port: r.Port, ClusterIP: r.ClusterIP, Endpoints: 2, Hash: EndpointsHash(t), Targets: t}
-				}
-			}
+			staleWebOnNode1(a)
 		}, []string{"service-rules-missing@node-1"}, "stale 198.18.131.9:8080"},
 		{"service selector matches nothing", func(s *Snapshot, _ map[string]*AgentResult, _ *ProbeSpec) {
 			s.Services[2].Selector = map[string]string{"app": "wbe"}
@@ -388,24 +378,36 @@ func TestSnapshotJSONRoundTrip(t *testing.T) {
 	}
 }
 
-// A node whose rules differ for a Service changed seconds before the check
-// is kube-proxy not having synced yet: skipped with the reason, no finding.
-func TestServiceRulesMissingGraceAfterChange(t *testing.T) {
-	s := healthy()
-	spec := BuildSpec(s, SpecOptions{ExternalName: "www.example.lab"})
-	a := healthyAgents(s, spec)
-	s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
-	for i := range s.EndpointSlices {
-		if s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Service == "web/web" {
-			s.EndpointSlices[i].Created = s.CollectedAt.Add(-5 * time.Second)
-		}
-	}
+// staleWebOnNode1 makes node-1's agent report web/web's rules with a second, stale endpoint.
+func staleWebOnNode1(a map[string]*AgentResult) {
 	for i, r := range a["node-1"].ServiceRules {
 		if r.Service == "web/web" {
 			tg := []string{"198.18.130.5:8080", "198.18.131.9:8080"}
 			a["node-1"].ServiceRules[i] = ServiceRule{Service: r.Service, Port: r.Port, ClusterIP: r.ClusterIP, Endpoints: 2, Hash: EndpointsHash(tg), Targets: tg}
 		}
 	}
+}
+
+// healthyAt is the healthy cluster collected at the given time, its probe spec and its
+// agents' answers.
+func healthyAt(at time.Time) (*Snapshot, *ProbeSpec, map[string]*AgentResult) {
+	s := healthy()
+	spec := BuildSpec(s, SpecOptions{ExternalName: "www.example.lab"})
+	a := healthyAgents(s, spec)
+	s.CollectedAt = at
+	return s, spec, a
+}
+
+// A node whose rules differ for a Service changed seconds before the check
+// is kube-proxy not having synced yet: skipped with the reason, no finding.
+func TestServiceRulesMissingGraceAfterChange(t *testing.T) {
+	s, spec, a := healthyAt(time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC))
+	for i := range s.EndpointSlices {
+		if s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Service == "web/web" {
+			s.EndpointSlices[i].Created = s.CollectedAt.Add(-5 * time.Second)
+		}
+	}
+	staleWebOnNode1(a)
 	rep := Reduce(s, spec, a, nil)
 	for _, f := range rep.Findings {
 		if f.ID == "service-rules-missing" {
@@ -431,10 +433,7 @@ func TestServiceRulesMissingGraceAfterChange(t *testing.T) {
 // check is skipped (the API changed while the check ran). An agent that still saw the
 // difference after its wait is believed: a finding.
 func TestServiceRulesMissingChurnDuringCheck(t *testing.T) {
-	s := healthy()
-	spec := BuildSpec(s, SpecOptions{ExternalName: "www.example.lab"})
-	a := healthyAgents(s, spec)
-	s.CollectedAt = time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
+	s, spec, a := healthyAt(time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC))
 	for i := range s.EndpointSlices {
 		s.EndpointSlices[i].Created = s.CollectedAt.Add(-2 * time.Minute)
 		if s.EndpointSlices[i].Namespace+"/"+s.EndpointSlices[i].Service == "web/web" {

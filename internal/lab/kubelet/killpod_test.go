@@ -69,8 +69,12 @@ func startMarked(t *testing.T, k *Kubelet, r *podRuntime, ctr string) *proc.Info
 	return info
 }
 
+// testKubelet is a kubelet of lab labName with no API server, enough for killPod and
+// syncContainer on processes the test starts (root, sleep).
 func testKubelet(t *testing.T, labName string) *Kubelet {
 	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireProgram(t, "sleep")
 	return &Kubelet{opts: Options{Lab: labName, Node: "node1"}, stateDir: t.TempDir(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
@@ -85,8 +89,6 @@ func hostNetworkPod(t *testing.T, uid types.UID, ctr string, restart corev1.Rest
 // TestKillPodStopsHostNetworkProcesses removes a host-network pod (no namespace of its own)
 // whose container this kubelet does not track: its marked process must end with the pod.
 func TestKillPodStopsHostNetworkProcesses(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireProgram(t, "sleep")
 	k := testKubelet(t, "tkh")
 	pod, r := hostNetworkPod(t, "0badc0de-kill-hostnet-test", "agent", corev1.RestartPolicyAlways)
 	info := startMarked(t, k, r, "agent")
@@ -105,8 +107,6 @@ func TestKillPodStopsHostNetworkProcesses(t *testing.T) {
 // TestSyncContainerAdoptsUntrackedProcess: a container's process runs but this kubelet
 // has no record of it (no state file): it adopts it instead of starting a second one.
 func TestSyncContainerAdoptsUntrackedProcess(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireProgram(t, "sleep")
 	k := testKubelet(t, "tka")
 	pod, r := hostNetworkPod(t, "0badc0de-adopt-test", "agent", corev1.RestartPolicyAlways)
 	info := startMarked(t, k, r, "agent")
@@ -132,8 +132,6 @@ func TestSyncContainerAdoptsUntrackedProcess(t *testing.T) {
 // TestSyncContainerEndedStopsLeftovers: a container's process ended; what it started (marked
 // by inheritance) goes with it, as with a container's cgroup.
 func TestSyncContainerEndedStopsLeftovers(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireProgram(t, "sleep")
 	k := testKubelet(t, "tke")
 	pod, r := hostNetworkPod(t, "0badc0de-ended-test", "job", corev1.RestartPolicyNever)
 	main, err := proc.Start(proc.Spec{Name: "main", Path: "true", LogFile: filepath.Join(t.TempDir(), "main.log")})

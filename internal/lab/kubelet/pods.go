@@ -256,12 +256,9 @@ func (k *Kubelet) syncContainer(ctx context.Context, r *podRuntime, p *corev1.Po
 			// A process of this container runs that this kubelet does not track (its state
 			// file is gone): adopt it rather than start a second one.
 			k.log.Warn("adopting a running container process", "pod", p.Namespace+"/"+p.Name, "container", c.Name, "pid", live.PID)
-			cr.info, cr.started, cr.everStart, cr.ready = live, time.Now(), true, false
+			cr.info, cr.started, cr.everStart = live, time.Now(), true
 			_ = proc.Save(k.ctrStateFile(r, c.Name), live)
-			cr.ready = k.probeReady(ctx, r, p, c)
-			return
-		}
-		if err := k.startContainer(ctx, r, p, c, cr); err != nil {
+		} else if err := k.startContainer(ctx, r, p, c, cr); err != nil {
 			cr.failing = err.Error()
 			cr.backoffTil = time.Now().Add(2 * time.Second)
 			k.log.Warn("start container", "pod", p.Namespace+"/"+p.Name, "container", c.Name, "err", err)
